@@ -1,0 +1,116 @@
+"""Calls: may this caller call now, starting and ending calls, and the active board."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from resolvers.auth import Actor
+from resolvers.errors import BadUserInput, database_errors
+from resolvers.phones import normalize_phone
+from sql.queries import QUERIES
+
+MAX_NOTES_LENGTH = 10_000
+MAX_RECORDING_URL_LENGTH = 2048
+MAX_DURATION_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """What the agent reports when a call ends."""
+
+    outcome: str
+    duration: int | None = None
+    notes: str | None = None
+    recording_url: str | None = None
+
+    def validate(self) -> None:
+        """BAD_USER_INPUT for values no call can have (the database checks them too)."""
+        if self.duration is not None and not 0 <= self.duration <= MAX_DURATION_SECONDS:
+            raise BadUserInput(
+                f"duration must be between 0 and {MAX_DURATION_SECONDS} seconds", field="duration"
+            )
+        if self.notes is not None and len(self.notes) > MAX_NOTES_LENGTH:
+            raise BadUserInput(
+                f"notes must be at most {MAX_NOTES_LENGTH} characters", field="notes"
+            )
+        if self.recording_url is not None:
+            if len(self.recording_url) > MAX_RECORDING_URL_LENGTH:
+                raise BadUserInput("recordingUrl is too long", field="recordingUrl")
+            if not self.recording_url.startswith(("https://", "http://")):
+                raise BadUserInput("recordingUrl must be an http(s) URL", field="recordingUrl")
+
+
+async def check_call(pool: asyncpg.Pool, actor: Actor, prospect_id: UUID) -> asyncpg.Record:
+    """Why the actor may not call the prospect now (code NULL when they may)."""
+    record = await pool.fetchrow(QUERIES["call_refusal"], prospect_id, actor.id)
+    assert record is not None
+    return record
+
+
+async def can_call_prospect(pool: asyncpg.Pool, actor: Actor, prospect_id: UUID) -> object:
+    """The seed's JSON answer from can_call_prospect()."""
+    return await pool.fetchval(QUERIES["can_call_prospect"], prospect_id, actor.id)
+
+
+async def start_call(
+    pool: asyncpg.Pool,
+    actor: Actor,
+    prospect_id: UUID,
+    phone_number: str | None,
+    from_number: str | None,
+    phone_region: str,
+) -> asyncpg.Record:
+    """Check the rules and start a call in one statement; the caller is always the actor."""
+    phone = normalize_phone(phone_number, phone_region, "phoneNumber") if phone_number else None
+    caller_line = normalize_phone(from_number, phone_region, "fromNumber") if from_number else None
+    with database_errors():
+        record = await pool.fetchrow(
+            QUERIES["start_call"], prospect_id, actor.id, phone, caller_line
+        )
+    assert record is not None
+    return record
+
+
+async def end_call(
+    pool: asyncpg.Pool, actor: Actor, prospect_id: UUID, call_log_id: UUID, result: CallOutcome
+) -> asyncpg.Record:
+    """End a call in one statement: clear the lock, log the outcome, apply its status."""
+    result.validate()
+    with database_errors():
+        record = await pool.fetchrow(
+            QUERIES["end_call"],
+            prospect_id,
+            call_log_id,
+            actor.id,
+            result.outcome,
+            result.duration,
+            result.notes,
+            result.recording_url,
+        )
+    assert record is not None
+    return record
+
+
+async def list_active_calls(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every active call, oldest first."""
+    return await pool.fetch(QUERIES["active_calls"])
+
+
+async def active_calls_for_prospects(
+    pool: asyncpg.Pool, ids: Sequence[UUID]
+) -> list[asyncpg.Record | None]:
+    """The active call of each prospect (None where idle), for a DataLoader."""
+    rows = {
+        row["prospect_id"]: row
+        for row in await pool.fetch(QUERIES["active_calls_for_prospects"], list(ids))
+    }
+    return [rows.get(prospect_id) for prospect_id in ids]
+
+
+async def list_dispositions(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """The outcomes a call can end with."""
+    return await pool.fetch(QUERIES["list_dispositions"])

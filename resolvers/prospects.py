@@ -1,0 +1,175 @@
+"""Prospects: reading, paging, creating and changing them, and their histories."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from resolvers.auth import Actor
+from resolvers.errors import BadUserInput, NotFound, database_errors
+from resolvers.phones import normalize_phone, phone_digits
+from sql.queries import QUERIES
+
+MAX_PAGE_SIZE = 100
+MAX_SEARCH_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class ProspectChanges:
+    """Fields given by the client; None means unchanged, `cleared` names fields to empty."""
+
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    company: str | None = None
+    status: str | None = None
+    cleared: tuple[str, ...] = ()
+
+
+def encode_cursor(record: asyncpg.Record) -> str:
+    """An opaque cursor for a row's place in the (created_at, id) order."""
+    raw = f"{record['created_at'].isoformat()}|{record['id']}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) a cursor stands for, or BAD_USER_INPUT."""
+    try:
+        created_at, prospect_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created_at), UUID(prospect_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadUserInput("after is not a valid cursor", field="after") from None
+
+
+async def get_prospect(pool: asyncpg.Pool, prospect_id: UUID) -> asyncpg.Record:
+    """One prospect, or NOT_FOUND."""
+    record = await pool.fetchrow(QUERIES["prospect_by_id"], prospect_id)
+    if record is None:
+        raise NotFound("Prospect not found", field="id")
+    return record
+
+
+async def list_prospects(
+    pool: asyncpg.Pool,
+    *,
+    first: int,
+    after: str | None,
+    status: str | None,
+    search: str | None,
+    assigned_to: UUID | None,
+) -> tuple[list[asyncpg.Record], bool]:
+    """One page of prospects, newest first, and whether more follow."""
+    if not 0 <= first <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 0 and {MAX_PAGE_SIZE}", field="first")
+    if search is not None:
+        search = search.strip() or None
+    if search is not None and len(search) > MAX_SEARCH_LENGTH:
+        raise BadUserInput("search is too long", field="search")
+    cursor_at, cursor_id = decode_cursor(after) if after else (None, None)
+    # Escape LIKE wildcards so a search for "50%" means the text "50%".
+    pattern = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
+    rows = await pool.fetch(
+        QUERIES["prospects_page"],
+        status,
+        pattern,
+        assigned_to,
+        cursor_at,
+        cursor_id,
+        first + 1,
+        phone_digits(search) if search else None,
+    )
+    return list(rows[:first]), len(rows) > first
+
+
+def _clean_text(value: str | None) -> str | None:
+    return value.strip() if value is not None else None
+
+
+async def create_prospect(
+    pool: asyncpg.Pool, actor: Actor, changes: ProspectChanges, phone_region: str
+) -> asyncpg.Record:
+    """A new prospect with its phone in E.164; CONFLICT when the phone is taken."""
+    if changes.name is None or changes.phone is None:
+        raise BadUserInput("name and phone are required")
+    phone = normalize_phone(changes.phone, phone_region)
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT set_config('app.user_id', $1, true)", str(actor.id))
+        with database_errors():
+            record = await connection.fetchrow(
+                QUERIES["insert_prospect"],
+                changes.name.strip(),
+                phone,
+                _clean_text(changes.email) or None,
+                _clean_text(changes.company) or None,
+                changes.status,
+            )
+    assert record is not None
+    return record
+
+
+async def update_prospect(
+    pool: asyncpg.Pool,
+    actor: Actor,
+    prospect_id: UUID,
+    changes: ProspectChanges,
+    phone_region: str,
+) -> asyncpg.Record:
+    """The prospect after applying changes; the status trigger logs who changed it."""
+    phone = normalize_phone(changes.phone, phone_region) if changes.phone is not None else None
+    name = _clean_text(changes.name)
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT set_config('app.user_id', $1, true)", str(actor.id))
+        with database_errors():
+            record = await connection.fetchrow(
+                QUERIES["update_prospect"],
+                prospect_id,
+                name,
+                phone,
+                _clean_text(changes.email),
+                _clean_text(changes.company),
+                changes.status,
+                list(changes.cleared),
+            )
+    if record is None:
+        raise NotFound("Prospect not found", field="id")
+    return record
+
+
+async def prospects_by_ids(
+    pool: asyncpg.Pool, ids: Sequence[UUID]
+) -> list[asyncpg.Record | None]:
+    """Prospects in the order of ids (None where missing), for a DataLoader."""
+    rows = {row["id"]: row for row in await pool.fetch(QUERIES["prospects_by_ids"], list(ids))}
+    return [rows.get(prospect_id) for prospect_id in ids]
+
+
+async def assignments_for_prospects(
+    pool: asyncpg.Pool, ids: Sequence[UUID]
+) -> list[asyncpg.Record | None]:
+    """The live assignment of each prospect (None where unassigned), for a DataLoader."""
+    rows = {
+        row["prospect_id"]: row
+        for row in await pool.fetch(QUERIES["assignments_for_prospects"], list(ids))
+    }
+    return [rows.get(prospect_id) for prospect_id in ids]
+
+
+async def histories_for_prospects(
+    pool: asyncpg.Pool, query_name: str, keys: Sequence[tuple[UUID, int]]
+) -> list[list[asyncpg.Record]]:
+    """Per (prospect id, limit) key, the newest history rows; one query per distinct limit."""
+    by_limit: dict[int, list[UUID]] = defaultdict(list)
+    for prospect_id, limit in keys:
+        by_limit[limit].append(prospect_id)
+    found: dict[tuple[UUID, int], list[asyncpg.Record]] = defaultdict(list)
+    for limit, ids in by_limit.items():
+        for row in await pool.fetch(QUERIES[query_name], ids, limit):
+            found[(row["prospect_id"], limit)].append(row)
+    return [found.get(key, []) for key in keys]

@@ -1,0 +1,76 @@
+"""Configuration from the environment (and a `.env` file, as the seed did)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from dotenv import load_dotenv
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def database_url_from_environment() -> str | None:
+    """DATABASE_URL, else one built from the seed's DB_* variables, else None (embedded)."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        return url
+    host = os.environ.get("DB_HOST", "").strip()
+    if not host:
+        return None
+    user = quote(os.environ.get("DB_USER", "postgres"), safe="")
+    password = quote(os.environ.get("DB_PASSWORD", ""), safe="")
+    port = os.environ.get("DB_PORT", "5432")
+    name = quote(os.environ.get("DB_NAME", "callfloor"), safe="")
+    credentials = f"{user}:{password}@" if password else f"{user}@"
+    return f"postgresql://{credentials}{host}:{port}/{name}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment, read once."""
+
+    database_url: str | None = None
+    data_dir: Path = PROJECT_ROOT / ".data"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    min_call_interval_seconds: int = 300
+    bcrypt_rounds: int = 12
+    token_ttl_seconds: int = 12 * 3600
+    default_phone_region: str = "US"
+    max_query_depth: int = 8
+    max_aliases: int = 30
+    login_max_failures: int = 5
+    login_failure_window_seconds: int = 900
+    pool_min_size: int = 2
+    pool_max_size: int = 20
+    graphiql: bool = True
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """Read the process environment after loading `.env` (real variables win)."""
+        load_dotenv(PROJECT_ROOT / ".env", override=False)
+        return cls(
+            database_url=database_url_from_environment(),
+            data_dir=Path(os.environ.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
+            host=os.environ.get("HOST", "127.0.0.1"),
+            port=_int("PORT", 8000),
+            min_call_interval_seconds=_int("MIN_CALL_INTERVAL_SECONDS", 300),
+            bcrypt_rounds=_int("BCRYPT_ROUNDS", 12),
+            token_ttl_seconds=_int("TOKEN_TTL_SECONDS", 12 * 3600),
+            default_phone_region=os.environ.get("DEFAULT_PHONE_REGION", "US").upper(),
+            max_query_depth=_int("MAX_QUERY_DEPTH", 8),
+            max_aliases=_int("MAX_ALIASES", 30),
+            login_max_failures=_int("LOGIN_MAX_FAILURES", 5),
+            login_failure_window_seconds=_int("LOGIN_FAILURE_WINDOW_SECONDS", 900),
+            pool_min_size=_int("DB_POOL_MIN_SIZE", 2),
+            pool_max_size=_int("DB_POOL_MAX_SIZE", 20),
+            graphiql=os.environ.get("GRAPHIQL", "1") not in {"0", "false", "no"},
+        )

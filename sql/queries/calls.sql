@@ -1,0 +1,51 @@
+-- Calls: checks, starts, ends, histories and the active-call board.
+
+-- name: call_refusal
+-- Why the caller may not call now (NULL code when they may). $1 prospect id, $2 caller id.
+SELECT code, reason, last_call_time, last_caller_id FROM call_refusal($1, $2);
+
+-- name: can_call_prospect
+-- The seed's JSON answer. $1 prospect id, $2 caller id.
+SELECT can_call_prospect($1, $2);
+
+-- name: start_call
+-- Check and start a call atomically. $1 prospect id, $2 caller id, $3 phone or NULL, $4 from number.
+SELECT active_call_id, call_log_id, started_at FROM start_call($1, $2, $3, $4);
+
+-- name: end_call
+-- End a call atomically. $1 prospect id, $2 call log id, $3 acting user, $4 outcome,
+-- $5 duration, $6 notes, $7 recording URL.
+SELECT id, prospect_id, caller_id, phone_number, from_number, started_at, ended_at,
+       outcome, duration, notes, recording_url
+FROM end_call($1, $2, $3, $4, $5, $6, $7);
+
+-- name: call_history_for_prospects
+-- The newest calls of each prospect, newest first. $1 uuid[], $2 per-prospect limit.
+SELECT c.id, c.prospect_id, c.caller_id, c.phone_number, c.from_number, c.started_at,
+       c.ended_at, c.outcome, c.duration, c.notes, c.recording_url
+FROM unnest($1::uuid[]) AS wanted(id)
+CROSS JOIN LATERAL (
+    SELECT * FROM call_logs l
+    WHERE l.prospect_id = wanted.id
+    ORDER BY l.started_at DESC
+    LIMIT $2
+) c;
+
+-- name: active_calls
+-- Every active call, oldest first.
+SELECT id, prospect_id, caller_id, call_log_id, phone_number, started_at
+FROM active_calls ORDER BY started_at, id;
+
+-- name: active_calls_for_prospects
+-- The active call of each prospect that has one. $1 uuid[].
+SELECT id, prospect_id, caller_id, call_log_id, phone_number, started_at
+FROM active_calls WHERE prospect_id = ANY($1::uuid[]);
+
+-- name: active_call_by_id
+-- One active call. $1 active call id.
+SELECT id, prospect_id, caller_id, call_log_id, phone_number, started_at
+FROM active_calls WHERE id = $1;
+
+-- name: list_dispositions
+-- The outcomes a call can end with, in display order.
+SELECT name, sets_status FROM dispositions ORDER BY position, name;

@@ -1,0 +1,72 @@
+-- Prospects: single reads, pages, writes and their histories.
+
+-- name: prospect_by_id
+-- One prospect or no row. $1 prospect id.
+SELECT id, name, phone, email, company, status, last_call, created_at, updated_at
+FROM prospects WHERE id = $1;
+
+-- name: prospects_by_ids
+-- Prospects by id, for the DataLoader. $1 uuid[].
+SELECT id, name, phone, email, company, status, last_call, created_at, updated_at
+FROM prospects WHERE id = ANY($1::uuid[]);
+
+-- name: prospects_page
+-- A page of prospects, newest first, keyset-paginated on (created_at, id).
+-- $1 status or NULL, $2 search text or NULL, $3 assigned agent or NULL,
+-- $4 cursor created_at or NULL, $5 cursor id or NULL, $6 page size + 1,
+-- $7 phone digits to match or NULL.
+SELECT p.id, p.name, p.phone, p.email, p.company, p.status, p.last_call, p.created_at, p.updated_at
+FROM prospects p
+WHERE ($1::text IS NULL OR p.status = $1)
+  AND ($2::text IS NULL
+       OR p.name ILIKE '%' || $2 || '%'
+       OR p.email ILIKE '%' || $2 || '%'
+       OR p.company ILIKE '%' || $2 || '%'
+       OR ($7::text IS NOT NULL AND p.phone LIKE '%' || $7 || '%'))
+  AND ($3::uuid IS NULL OR EXISTS (
+        SELECT 1 FROM lead_assignments la
+        WHERE la.prospect_id = p.id AND la.agent_id = $3 AND la.active
+          AND (la.expires_at IS NULL OR la.expires_at > now())))
+  AND ($4::timestamptz IS NULL OR (p.created_at, p.id) < ($4, $5::uuid))
+ORDER BY p.created_at DESC, p.id DESC
+LIMIT $6;
+
+-- name: insert_prospect
+-- A new prospect. $1 name, $2 E.164 phone, $3 email, $4 company, $5 status or NULL for the default.
+INSERT INTO prospects (name, phone, email, company, status)
+VALUES ($1, $2, $3, $4, coalesce($5, 'New'))
+RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at;
+
+-- name: update_prospect
+-- Change the given fields (NULL keeps a field; $7 lists the fields to clear). $1 id,
+-- $2 name, $3 phone, $4 email, $5 company, $6 status, $7 text[] of cleared fields.
+UPDATE prospects SET
+    name = coalesce($2, name),
+    phone = coalesce($3, phone),
+    email = CASE WHEN 'email' = ANY($7::text[]) THEN NULL ELSE coalesce($4, email) END,
+    company = CASE WHEN 'company' = ANY($7::text[]) THEN NULL ELSE coalesce($5, company) END,
+    status = coalesce($6, status)
+WHERE id = $1
+RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at;
+
+-- name: status_history_for_prospects
+-- The newest status changes of each prospect, newest first. $1 uuid[], $2 per-prospect limit.
+SELECT l.id, l.prospect_id, l.old_status, l.new_status, l.changed_by, l.db_user, l.created_at
+FROM unnest($1::uuid[]) AS wanted(id)
+CROSS JOIN LATERAL (
+    SELECT * FROM prospect_status_log s
+    WHERE s.prospect_id = wanted.id
+    ORDER BY s.created_at DESC, s.id DESC
+    LIMIT $2
+) l;
+
+-- name: assignments_for_prospects
+-- The live (active, unexpired) assignment of each prospect. $1 uuid[].
+SELECT la.id, la.prospect_id, la.agent_id, la.assigned_by, la.assigned_at, la.expires_at, la.active
+FROM lead_assignments la
+WHERE la.prospect_id = ANY($1::uuid[]) AND la.active
+  AND (la.expires_at IS NULL OR la.expires_at > now());
+
+-- name: status_exists
+-- Whether a status name is known. $1 status.
+SELECT EXISTS (SELECT 1 FROM prospect_statuses WHERE name = $1);

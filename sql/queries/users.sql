@@ -1,0 +1,49 @@
+-- Users, sessions and login throttling.
+
+-- name: user_by_email
+-- The user with this email (any case), with the hash for checking a password. $1 email.
+SELECT id, email, name, role, active, password_hash, created_at
+FROM users WHERE lower(email) = lower($1);
+
+-- name: users_by_ids
+-- Users by id, for the DataLoader. $1 uuid[].
+SELECT id, email, name, role, active, created_at FROM users WHERE id = ANY($1::uuid[]);
+
+-- name: list_users
+-- Every user, newest last.
+SELECT id, email, name, role, active, created_at FROM users ORDER BY created_at, id;
+
+-- name: insert_user
+-- A new user. $1 email, $2 name, $3 password hash, $4 role.
+INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, $4)
+RETURNING id, email, name, role, active, created_at;
+
+-- name: insert_session
+-- A new bearer token (its hash). $1 token hash, $2 user id, $3 lifetime in seconds.
+INSERT INTO sessions (token_hash, user_id, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3));
+
+-- name: session_user
+-- The active user behind a live token, or no row. $1 token hash.
+SELECT u.id, u.email, u.name, u.role, u.active, u.created_at
+FROM sessions s JOIN users u ON u.id = s.user_id
+WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.active;
+
+-- name: revoke_session
+-- Revoke one token; returns the row when it was live. $1 token hash.
+UPDATE sessions SET revoked_at = now()
+WHERE token_hash = $1 AND revoked_at IS NULL
+RETURNING user_id;
+
+-- name: count_login_failures
+-- Recent failed logins for one email. $1 lower-cased email, $2 window in seconds.
+SELECT count(*) FROM login_failures
+WHERE email = $1 AND failed_at > now() - make_interval(secs => $2);
+
+-- name: record_login_failure
+-- Remember a failed login. $1 lower-cased email.
+INSERT INTO login_failures (email) VALUES ($1);
+
+-- name: clear_login_failures
+-- Forget failed logins after a successful one. $1 lower-cased email.
+DELETE FROM login_failures WHERE email = $1;
