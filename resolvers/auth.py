@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -29,6 +30,7 @@ class Actor:
     email: str
     name: str
     role: str
+    created_at: datetime
 
     @property
     def is_supervisor(self) -> bool:
@@ -38,7 +40,13 @@ class Actor:
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Actor:
         """An Actor from a users row."""
-        return cls(id=record["id"], email=record["email"], name=record["name"], role=record["role"])
+        return cls(
+            id=record["id"],
+            email=record["email"],
+            name=record["name"],
+            role=record["role"],
+            created_at=record["created_at"],
+        )
 
 
 def require_user(actor: Actor | None) -> Actor:
@@ -54,6 +62,15 @@ def require_role(actor: Actor | None, *roles: str) -> Actor:
     if user.role not in roles:
         raise Forbidden(f"This needs the role {' or '.join(roles)}")
     return user
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an 'Authorization: Bearer <token>' header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def hash_token(token: str) -> bytes:

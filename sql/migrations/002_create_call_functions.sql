@@ -102,7 +102,8 @@ $$;
 -- the UNIQUE constraint on active_calls.prospect_id stands behind it.
 CREATE FUNCTION start_call(
     p_prospect_id uuid, p_caller_id uuid, p_phone_number text, p_from_number text,
-    OUT active_call_id uuid, OUT call_log_id uuid, OUT started_at timestamptz)
+    OUT active_call_id uuid, OUT call_log_id uuid, OUT started_at timestamptz,
+    OUT phone_number text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_phone text;
@@ -122,13 +123,14 @@ BEGIN
             'assignedAgentId', v_refusal.assigned_agent_id)));
     END IF;
 
+    phone_number := coalesce(p_phone_number, v_phone);
     INSERT INTO call_logs (prospect_id, caller_id, phone_number, from_number)
-    VALUES (p_prospect_id, p_caller_id, coalesce(p_phone_number, v_phone), p_from_number)
+    VALUES (p_prospect_id, p_caller_id, phone_number, p_from_number)
     RETURNING call_logs.id, call_logs.started_at INTO call_log_id, started_at;
 
     BEGIN
         INSERT INTO active_calls (prospect_id, caller_id, call_log_id, phone_number, started_at)
-        VALUES (p_prospect_id, p_caller_id, call_log_id, coalesce(p_phone_number, v_phone), started_at)
+        VALUES (p_prospect_id, p_caller_id, call_log_id, phone_number, started_at)
         RETURNING active_calls.id INTO active_call_id;
     EXCEPTION WHEN unique_violation THEN
         PERFORM raise_domain_error('ALREADY_IN_CALL', 'Prospect is currently on another call');

@@ -10,7 +10,7 @@ SELECT can_call_prospect($1, $2);
 
 -- name: start_call
 -- Check and start a call atomically. $1 prospect id, $2 caller id, $3 phone or NULL, $4 from number.
-SELECT active_call_id, call_log_id, started_at FROM start_call($1, $2, $3, $4);
+SELECT active_call_id, call_log_id, started_at, phone_number FROM start_call($1, $2, $3, $4);
 
 -- name: end_call
 -- End a call atomically. $1 prospect id, $2 call log id, $3 acting user, $4 outcome,

@@ -1,0 +1,95 @@
+"""Schema extensions: error codes and masking, and the logging of unexpected errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from resolvers.errors import DomainError
+
+log = logging.getLogger("callfloor.graphql")
+
+INTERNAL_MESSAGE = "Internal server error"
+UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly"
+
+# Losing the database is expected from time to time: the client hears so, with a code.
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Whether an error means the database cannot be reached right now."""
+    return isinstance(error, _UNAVAILABLE_ERRORS)
+
+
+def classify(error: GraphQLError) -> tuple[str, str | None, dict[str, Any]]:
+    """(code, replacement message or None to keep it, extra extensions) for an error."""
+    original = error.original_error
+    if original is None:
+        if error.message.startswith("Syntax Error"):
+            return "GRAPHQL_PARSE_FAILED", None, {}
+        if error.path is None and error.message.startswith("Variable"):
+            return "BAD_USER_INPUT", None, {}
+        return "GRAPHQL_VALIDATION_FAILED", None, {}
+    if isinstance(original, DomainError):
+        return original.code, None, original.extensions
+    if isinstance(original, GraphQLError):
+        return classify(original)
+    if is_database_unavailable(original):
+        return "SERVICE_UNAVAILABLE", UNAVAILABLE_MESSAGE, {}
+    return "INTERNAL_SERVER_ERROR", INTERNAL_MESSAGE, {}
+
+
+def is_expected(error: GraphQLError) -> bool:
+    """Whether an error is the client's business rather than a bug to log."""
+    return classify(error)[0] != "INTERNAL_SERVER_ERROR"
+
+
+def present_error(error: GraphQLError) -> GraphQLError:
+    """The error as the client sees it: a code always, internals never."""
+    code, message, extensions = classify(error)
+    return GraphQLError(
+        message=message or error.message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={**extensions, "code": code},
+    )
+
+
+class ErrorCodes(SchemaExtension):
+    """Give every error an extensions.code and mask whatever was not expected."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [present_error(error) for error in result.errors]
+
+
+def log_errors(errors: list[GraphQLError]) -> None:
+    """Log unexpected errors whole (with traceback); expected ones only at debug."""
+    for error in errors:
+        if is_expected(error):
+            log.debug("graphql error: %s", error.message)
+        else:
+            original = error.original_error
+            log.error(
+                "unexpected error at %s: %r",
+                error.path,
+                original,
+                exc_info=(type(original), original, original.__traceback__) if original else None,
+            )

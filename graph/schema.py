@@ -1,0 +1,303 @@
+"""The schema: queries and mutations, each a thin layer over resolvers/."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.types.execution import ExecutionContext
+
+from graph.extensions import ErrorCodes, log_errors
+from graph.types import (
+    ActiveCall,
+    CallCheck,
+    CallLog,
+    CreateProspectInput,
+    CreateUserInput,
+    Disposition,
+    GraphInfo,
+    LeadAssignment,
+    LoginPayload,
+    PageInfo,
+    Prospect,
+    ProspectConnection,
+    ProspectEdge,
+    ProspectFilter,
+    StartCallPayload,
+    UpdateProspectInput,
+    User,
+)
+from resolvers import assignments, calls, prospects, users
+from resolvers.auth import SUPERVISORS, LoginLimits, login, logout, require_role, require_user
+from resolvers.calls import CallOutcome
+from resolvers.errors import BadUserInput, parse_id
+from resolvers.prospects import ProspectChanges
+
+DEFAULT_MAX_DEPTH = 10
+DEFAULT_MAX_ALIASES = 30
+
+
+def _changes(data: CreateProspectInput | UpdateProspectInput) -> ProspectChanges:
+    """ProspectChanges from an input; for updates, an explicit null clears the field."""
+    given = {
+        name: value
+        for name in ("name", "phone", "email", "company", "status")
+        if (value := getattr(data, name)) is not strawberry.UNSET
+    }
+    cleared = tuple(name for name in ("email", "company") if name in given and given[name] is None)
+    for name in ("name", "phone", "status"):
+        if isinstance(data, UpdateProspectInput) and name in given and given[name] is None:
+            raise BadUserInput(f"{name} cannot be null", field=name)
+    return ProspectChanges(
+        name=given.get("name"),
+        phone=given.get("phone"),
+        email=given.get("email"),
+        company=given.get("company"),
+        status=given.get("status"),
+        cleared=cleared,
+    )
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The signed-in user.")
+    def viewer(self, info: GraphInfo) -> User:
+        actor = require_user(info.context.actor)
+        return User(
+            id=strawberry.ID(str(actor.id)),
+            email=actor.email,
+            name=actor.name,
+            role=actor.role,
+            active=True,
+            created_at=actor.created_at,
+        )
+
+    @strawberry.field
+    async def prospect(self, info: GraphInfo, id: strawberry.ID) -> Prospect:
+        require_user(info.context.actor)
+        record = await prospects.get_prospect(info.context.pool, parse_id(id))
+        return Prospect.from_record(record)
+
+    @strawberry.field(description="Prospects, newest first, as a Relay connection.")
+    async def prospects(
+        self,
+        info: GraphInfo,
+        first: int = 20,
+        after: str | None = None,
+        filter: ProspectFilter | None = None,
+    ) -> ProspectConnection:
+        require_user(info.context.actor)
+        assigned_to = filter.assigned_to if filter else None
+        rows, has_next = await prospects.list_prospects(
+            info.context.pool,
+            first=first,
+            after=after,
+            status=filter.status if filter else None,
+            search=filter.search if filter else None,
+            assigned_to=parse_id(assigned_to, "assignedTo") if assigned_to else None,
+        )
+        edges = [
+            ProspectEdge(cursor=prospects.encode_cursor(row), node=Prospect.from_record(row))
+            for row in rows
+        ]
+        return ProspectConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=has_next,
+                has_previous_page=after is not None,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+    @strawberry.field(description="Whether the signed-in user may call the prospect now.")
+    async def can_call(self, info: GraphInfo, prospect_id: strawberry.ID) -> CallCheck:
+        actor = require_user(info.context.actor)
+        record = await calls.check_call(info.context.pool, actor, parse_id(prospect_id, "prospectId"))
+        caller = record["last_caller_id"]
+        return CallCheck(
+            allowed=record["code"] is None,
+            reason=record["reason"],
+            code=record["code"],
+            last_call_time=record["last_call_time"],
+            last_caller_id=strawberry.ID(str(caller)) if caller else None,
+        )
+
+    @strawberry.field(description="Every call in progress, oldest first.")
+    async def active_calls(self, info: GraphInfo) -> list[ActiveCall]:
+        require_user(info.context.actor)
+        return [ActiveCall.from_record(r) for r in await calls.list_active_calls(info.context.pool)]
+
+    @strawberry.field(description="Every user (managers and admins).")
+    async def users(self, info: GraphInfo) -> list[User]:
+        require_role(info.context.actor, *SUPERVISORS)
+        return [User.from_record(r) for r in await users.list_users(info.context.pool)]
+
+    @strawberry.field(description="The outcomes a call can end with.")
+    async def dispositions(self, info: GraphInfo) -> list[Disposition]:
+        require_user(info.context.actor)
+        return [
+            Disposition(name=r["name"], sets_status=r["sets_status"])
+            for r in await calls.list_dispositions(info.context.pool)
+        ]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Exchange credentials for a bearer token.")
+    async def login(self, info: GraphInfo, email: str, password: str) -> LoginPayload:
+        settings = info.context.settings
+        token, record = await login(
+            info.context.pool,
+            email,
+            password,
+            LoginLimits(
+                max_failures=settings.login_max_failures,
+                window_seconds=settings.login_failure_window_seconds,
+                token_ttl_seconds=settings.token_ttl_seconds,
+            ),
+        )
+        return LoginPayload(token=token, user=User.from_record(record))
+
+    @strawberry.mutation(description="Revoke the token this request was made with.")
+    async def logout(self, info: GraphInfo) -> bool:
+        require_user(info.context.actor)
+        assert info.context.token is not None
+        return await logout(info.context.pool, info.context.token)
+
+    @strawberry.mutation
+    async def create_prospect(self, info: GraphInfo, input: CreateProspectInput) -> Prospect:
+        actor = require_user(info.context.actor)
+        record = await prospects.create_prospect(
+            info.context.pool, actor, _changes(input), info.context.settings.default_phone_region
+        )
+        return Prospect.from_record(record)
+
+    @strawberry.mutation
+    async def update_prospect(
+        self, info: GraphInfo, id: strawberry.ID, input: UpdateProspectInput
+    ) -> Prospect:
+        actor = require_user(info.context.actor)
+        record = await prospects.update_prospect(
+            info.context.pool,
+            actor,
+            parse_id(id),
+            _changes(input),
+            info.context.settings.default_phone_region,
+        )
+        return Prospect.from_record(record)
+
+    @strawberry.mutation(description="Check the call rules and start a call as the signed-in user.")
+    async def start_call(
+        self,
+        info: GraphInfo,
+        prospect_id: strawberry.ID,
+        phone_number: str | None = None,
+        from_number: str | None = None,
+    ) -> StartCallPayload:
+        actor = require_user(info.context.actor)
+        pid = parse_id(prospect_id, "prospectId")
+        record = await calls.start_call(
+            info.context.pool,
+            actor,
+            pid,
+            phone_number,
+            from_number,
+            info.context.settings.default_phone_region,
+        )
+        active_call = ActiveCall(
+            id=strawberry.ID(str(record["active_call_id"])),
+            prospect_id=strawberry.ID(str(pid)),
+            caller_id=strawberry.ID(str(actor.id)),
+            call_log_id=strawberry.ID(str(record["call_log_id"])),
+            phone_number=record["phone_number"],
+            started_at=record["started_at"],
+        )
+        return StartCallPayload(
+            active_call_id=active_call.id, call_log_id=active_call.call_log_id, active_call=active_call
+        )
+
+    @strawberry.mutation(description="End a call: clear the lock, log the outcome, set the status.")
+    async def end_call(
+        self,
+        info: GraphInfo,
+        prospect_id: strawberry.ID,
+        call_log_id: strawberry.ID,
+        outcome: str,
+        duration: int | None = None,
+        notes: str | None = None,
+        recording_url: str | None = None,
+    ) -> CallLog:
+        actor = require_user(info.context.actor)
+        record = await calls.end_call(
+            info.context.pool,
+            actor,
+            parse_id(prospect_id, "prospectId"),
+            parse_id(call_log_id, "callLogId"),
+            CallOutcome(
+                outcome=outcome, duration=duration, notes=notes, recording_url=recording_url
+            ),
+        )
+        return CallLog.from_record(record)
+
+    @strawberry.mutation(description="Assign a prospect to an agent (managers and admins).")
+    async def assign_lead(
+        self,
+        info: GraphInfo,
+        prospect_id: strawberry.ID,
+        agent_id: strawberry.ID,
+        expires_at: datetime | None = None,
+    ) -> LeadAssignment:
+        actor = require_role(info.context.actor, *SUPERVISORS)
+        record = await assignments.assign_lead(
+            info.context.pool,
+            actor,
+            parse_id(prospect_id, "prospectId"),
+            parse_id(agent_id, "agentId"),
+            expires_at,
+        )
+        return LeadAssignment.from_record(record)
+
+    @strawberry.mutation(description="End a prospect's assignment (managers and admins).")
+    async def unassign_lead(self, info: GraphInfo, prospect_id: strawberry.ID) -> bool:
+        actor = require_role(info.context.actor, *SUPERVISORS)
+        return await assignments.unassign_lead(
+            info.context.pool, actor, parse_id(prospect_id, "prospectId")
+        )
+
+    @strawberry.mutation(description="Create a user (admins).")
+    async def create_user(self, info: GraphInfo, input: CreateUserInput) -> User:
+        require_role(info.context.actor, "admin")
+        record = await users.create_user(
+            info.context.pool,
+            email=input.email,
+            name=input.name,
+            password=input.password,
+            role=input.role,
+            bcrypt_rounds=info.context.settings.bcrypt_rounds,
+        )
+        return User.from_record(record)
+
+
+class CallfloorSchema(strawberry.Schema):
+    """Logs unexpected errors whole; expected ones are the client's business."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        log_errors(errors)
+
+
+def create_schema(
+    max_depth: int = DEFAULT_MAX_DEPTH, max_aliases: int = DEFAULT_MAX_ALIASES
+) -> strawberry.Schema:
+    """The schema with its limits (depth, aliases) and error handling on."""
+    extensions: list[Any] = [
+        QueryDepthLimiter(max_depth=max_depth),
+        MaxAliasesLimiter(max_alias_count=max_aliases),
+        ErrorCodes,
+    ]
+    return CallfloorSchema(query=Query, mutation=Mutation, extensions=extensions)

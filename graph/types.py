@@ -1,0 +1,321 @@
+"""The GraphQL object types. Nested fields reach data through the request's DataLoaders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import strawberry
+from strawberry.types import Info
+
+from graph.context import Context
+from resolvers.errors import BadUserInput
+
+GraphInfo = Info[Context, None]
+MAX_HISTORY = 100
+
+
+def _uuid(value: object) -> UUID:
+    """The UUID behind an ID this server produced."""
+    return UUID(str(value))
+
+
+def _history_limit(first: int) -> int:
+    if not 0 <= first <= MAX_HISTORY:
+        raise BadUserInput(f"first must be between 0 and {MAX_HISTORY}", field="first")
+    return first
+
+
+@strawberry.type(description="A person who signs in: an agent, a manager or an admin.")
+class User:
+    id: strawberry.ID
+    email: str
+    name: str
+    role: str
+    active: bool
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> User:
+        """A User from a users row (which never carries the password hash here)."""
+        return cls(
+            id=strawberry.ID(str(record["id"])),
+            email=record["email"],
+            name=record["name"],
+            role=record["role"],
+            active=record["active"],
+            created_at=record["created_at"],
+        )
+
+
+async def _load_user(info: GraphInfo, user_id: Any) -> User | None:
+    if user_id is None:
+        return None
+    record = await info.context.loaders.user.load(user_id)
+    return User.from_record(record) if record else None
+
+
+async def _load_prospect(info: GraphInfo, prospect_id: Any) -> Prospect | None:
+    record = await info.context.loaders.prospect.load(prospect_id)
+    return Prospect.from_record(record) if record else None
+
+
+@strawberry.type(description="One call attempt: who called, when, and how it ended.")
+class CallLog:
+    id: strawberry.ID
+    prospect_id: strawberry.ID
+    caller_id: strawberry.ID
+    phone_number: str
+    from_number: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    duration: int | None = strawberry.field(description="Talk time in seconds.")
+    notes: str | None
+    recording_url: str | None
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> CallLog:
+        """A CallLog from a call_logs row."""
+        return cls(
+            id=strawberry.ID(str(record["id"])),
+            prospect_id=strawberry.ID(str(record["prospect_id"])),
+            caller_id=strawberry.ID(str(record["caller_id"])),
+            phone_number=record["phone_number"],
+            from_number=record["from_number"],
+            started_at=record["started_at"],
+            ended_at=record["ended_at"],
+            outcome=record["outcome"],
+            duration=record["duration"],
+            notes=record["notes"],
+            recording_url=record["recording_url"],
+        )
+
+    @strawberry.field
+    async def caller(self, info: GraphInfo) -> User | None:
+        return await _load_user(info, _uuid(self.caller_id))
+
+    @strawberry.field
+    async def prospect(self, info: GraphInfo) -> Prospect | None:
+        return await _load_prospect(info, _uuid(self.prospect_id))
+
+
+@strawberry.type(description="A call in progress: its prospect is locked to its caller.")
+class ActiveCall:
+    id: strawberry.ID
+    prospect_id: strawberry.ID
+    caller_id: strawberry.ID
+    call_log_id: strawberry.ID
+    phone_number: str
+    started_at: datetime
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> ActiveCall:
+        """An ActiveCall from an active_calls row."""
+        return cls(
+            id=strawberry.ID(str(record["id"])),
+            prospect_id=strawberry.ID(str(record["prospect_id"])),
+            caller_id=strawberry.ID(str(record["caller_id"])),
+            call_log_id=strawberry.ID(str(record["call_log_id"])),
+            phone_number=record["phone_number"],
+            started_at=record["started_at"],
+        )
+
+    @strawberry.field
+    async def caller(self, info: GraphInfo) -> User | None:
+        return await _load_user(info, _uuid(self.caller_id))
+
+    @strawberry.field
+    async def prospect(self, info: GraphInfo) -> Prospect | None:
+        return await _load_prospect(info, _uuid(self.prospect_id))
+
+
+@strawberry.type(description="One status change, written by a trigger whoever made it.")
+class StatusChange:
+    id: strawberry.ID
+    prospect_id: strawberry.ID
+    old_status: str | None
+    new_status: str
+    changed_by_id: strawberry.ID | None
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> StatusChange:
+        """A StatusChange from a prospect_status_log row."""
+        changed_by = record["changed_by"]
+        return cls(
+            id=strawberry.ID(str(record["id"])),
+            prospect_id=strawberry.ID(str(record["prospect_id"])),
+            old_status=record["old_status"],
+            new_status=record["new_status"],
+            changed_by_id=strawberry.ID(str(changed_by)) if changed_by else None,
+            created_at=record["created_at"],
+        )
+
+    @strawberry.field(description="The user who made the change; null for a change made in SQL.")
+    async def changed_by(self, info: GraphInfo) -> User | None:
+        return await _load_user(info, _uuid(self.changed_by_id) if self.changed_by_id else None)
+
+
+@strawberry.type(description="Which agent works a prospect, and until when.")
+class LeadAssignment:
+    id: strawberry.ID
+    prospect_id: strawberry.ID
+    agent_id: strawberry.ID
+    assigned_by_id: strawberry.ID | None
+    assigned_at: datetime
+    expires_at: datetime | None
+    active: bool
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> LeadAssignment:
+        """A LeadAssignment from a lead_assignments row."""
+        assigned_by = record["assigned_by"]
+        return cls(
+            id=strawberry.ID(str(record["id"])),
+            prospect_id=strawberry.ID(str(record["prospect_id"])),
+            agent_id=strawberry.ID(str(record["agent_id"])),
+            assigned_by_id=strawberry.ID(str(assigned_by)) if assigned_by else None,
+            assigned_at=record["assigned_at"],
+            expires_at=record["expires_at"],
+            active=record["active"],
+        )
+
+    @strawberry.field
+    async def agent(self, info: GraphInfo) -> User | None:
+        return await _load_user(info, _uuid(self.agent_id))
+
+
+@strawberry.type(description="A lead: someone the floor calls.")
+class Prospect:
+    id: strawberry.ID
+    name: str
+    phone: str = strawberry.field(description="E.164, e.g. +12125550123.")
+    email: str | None
+    company: str | None
+    status: str
+    last_call: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> Prospect:
+        """A Prospect from a prospects row."""
+        return cls(
+            id=strawberry.ID(str(record["id"])),
+            name=record["name"],
+            phone=record["phone"],
+            email=record["email"],
+            company=record["company"],
+            status=record["status"],
+            last_call=record["last_call"],
+            created_at=record["created_at"],
+            updated_at=record["updated_at"],
+        )
+
+    @strawberry.field(description="Calls to this prospect, newest first.")
+    async def call_history(self, info: GraphInfo, first: int = 20) -> list[CallLog]:
+        rows = await info.context.loaders.call_history.load((_uuid(self.id), _history_limit(first)))
+        return [CallLog.from_record(row) for row in rows]
+
+    @strawberry.field(description="Status changes of this prospect, newest first.")
+    async def status_history(self, info: GraphInfo, first: int = 20) -> list[StatusChange]:
+        rows = await info.context.loaders.status_history.load(
+            (_uuid(self.id), _history_limit(first))
+        )
+        return [StatusChange.from_record(row) for row in rows]
+
+    @strawberry.field(description="The call in progress, if any.")
+    async def active_call(self, info: GraphInfo) -> ActiveCall | None:
+        record = await info.context.loaders.active_call.load(_uuid(self.id))
+        return ActiveCall.from_record(record) if record else None
+
+    @strawberry.field(description="The live (active, unexpired) assignment, if any.")
+    async def assignment(self, info: GraphInfo) -> LeadAssignment | None:
+        record = await info.context.loaders.assignment.load(_uuid(self.id))
+        return LeadAssignment.from_record(record) if record else None
+
+
+@strawberry.type
+class ProspectEdge:
+    cursor: str
+    node: Prospect
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type(description="A page of prospects, newest first (Relay connection).")
+class ProspectConnection:
+    edges: list[ProspectEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(description="Whether the signed-in user may call a prospect now, and why not.")
+class CallCheck:
+    allowed: bool
+    reason: str | None
+    code: str | None
+    last_call_time: datetime | None
+    last_caller_id: strawberry.ID | None
+
+
+@strawberry.type
+class StartCallPayload:
+    active_call_id: strawberry.ID
+    call_log_id: strawberry.ID
+    active_call: ActiveCall
+
+
+@strawberry.type
+class LoginPayload:
+    token: str
+    user: User
+
+
+@strawberry.type(description="A call outcome and the prospect status it sets.")
+class Disposition:
+    name: str
+    sets_status: str | None
+
+
+@strawberry.input
+class ProspectFilter:
+    status: str | None = None
+    search: str | None = strawberry.field(
+        default=None, description="Matches name, email, company or phone digits."
+    )
+    assigned_to: strawberry.ID | None = None
+
+
+@strawberry.input
+class CreateProspectInput:
+    name: str
+    phone: str = strawberry.field(description="Any common form; stored as E.164.")
+    email: str | None = None
+    company: str | None = None
+    status: str | None = None
+
+
+@strawberry.input(description="Only the fields given change; null clears email or company.")
+class UpdateProspectInput:
+    name: str | None = strawberry.UNSET
+    phone: str | None = strawberry.UNSET
+    email: str | None = strawberry.UNSET
+    company: str | None = strawberry.UNSET
+    status: str | None = strawberry.UNSET
+
+
+@strawberry.input
+class CreateUserInput:
+    email: str
+    password: str
+    role: str = strawberry.field(description="agent, manager or admin.")
+    name: str = ""
