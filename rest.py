@@ -78,7 +78,8 @@ async def _actor(request: Request) -> Actor:
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    # RecursionError: a body nested thousands of levels deep is bad input too.
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise BadUserInput("Body must be JSON") from None
     if not isinstance(body, dict):
         raise BadUserInput("Body must be a JSON object")
@@ -177,7 +178,8 @@ async def _history(request: Request, loader_query: str) -> Response:
     pool = request.app.state.pool
     await prospects.get_prospect(pool, prospect_id)
     limit = request.query_params.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    # isdecimal, not isdigit: int() refuses "²"; the length check keeps int() off huge strings.
+    if not limit.isdecimal() or len(limit) > 4 or not 1 <= int(limit) <= 1000:
         raise BadUserInput("limit must be between 1 and 1000", field="limit")
     [rows] = await prospects.histories_for_prospects(
         pool, loader_query, [(prospect_id, int(limit))]

@@ -36,11 +36,12 @@ def is_database_unavailable(error: BaseException) -> bool:
 def classify(error: GraphQLError) -> tuple[str, str | None, dict[str, Any]]:
     """(code, replacement message or None to keep it, extra extensions) for an error."""
     original = error.original_error
+    # Checked before original_error: a bad variable value wraps the scalar's own GraphQLError.
+    if error.path is None and error.message.startswith("Variable"):
+        return "BAD_USER_INPUT", None, {}
     if original is None:
         if error.message.startswith("Syntax Error"):
             return "GRAPHQL_PARSE_FAILED", None, {}
-        if error.path is None and error.message.startswith("Variable"):
-            return "BAD_USER_INPUT", None, {}
         return "GRAPHQL_VALIDATION_FAILED", None, {}
     if isinstance(original, DomainError):
         return original.code, None, original.extensions

@@ -33,7 +33,7 @@ from graph.types import (
 from resolvers import assignments, calls, prospects, users
 from resolvers.auth import SUPERVISORS, LoginLimits, login, logout, require_role, require_user
 from resolvers.calls import CallOutcome
-from resolvers.errors import BadUserInput, parse_id
+from resolvers.errors import BadUserInput, NotFound, parse_id
 from resolvers.prospects import ProspectChanges
 
 DEFAULT_MAX_DEPTH = 10
@@ -119,6 +119,9 @@ class Query:
         record = await calls.check_call(
             info.context.pool, actor, parse_id(prospect_id, "prospectId")
         )
+        if record["code"] == "NOT_FOUND":
+            # An unknown prospect is an error, as in prospect(id) and the REST can-call.
+            raise NotFound(record["reason"], field="prospectId")
         caller = record["last_caller_id"]
         return CallCheck(
             allowed=record["code"] is None,

@@ -12,7 +12,13 @@ from uuid import UUID
 import asyncpg
 import bcrypt
 
-from resolvers.errors import BadUserInput, Forbidden, TooManyRequests, Unauthenticated
+from resolvers.errors import (
+    BadUserInput,
+    Forbidden,
+    TooManyRequests,
+    Unauthenticated,
+    database_errors,
+)
 from sql.queries import QUERIES
 
 ROLES = ("agent", "manager", "admin")
@@ -129,7 +135,9 @@ async def login(
 ) -> tuple[str, asyncpg.Record]:
     """A new token for valid credentials; one message for every kind of failure."""
     key = email.strip().lower()
-    failures = await pool.fetchval(QUERIES["count_login_failures"], key, limits.window_seconds)
+    # An email the database cannot hold (a NUL byte) is bad input, not a server error.
+    with database_errors():
+        failures = await pool.fetchval(QUERIES["count_login_failures"], key, limits.window_seconds)
     if failures >= limits.max_failures:
         raise TooManyRequests(
             "Too many failed sign-ins; try again later",

@@ -7,7 +7,7 @@ import binascii
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -43,8 +43,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     """The (created_at, id) a cursor stands for, or BAD_USER_INPUT."""
     try:
         created_at, prospect_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(created_at), UUID(prospect_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        at = datetime.fromisoformat(created_at)
+        if at.tzinfo is None:
+            raise ValueError("cursor time without a zone")
+        # In UTC, so a time at the edge of the calendar fails here rather than in the driver.
+        return at.astimezone(UTC), UUID(prospect_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise BadUserInput("after is not a valid cursor", field="after") from None
 
 
@@ -77,16 +81,18 @@ async def list_prospects(
     pattern = (
         search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
     )
-    rows = await pool.fetch(
-        QUERIES["prospects_page"],
-        status,
-        pattern,
-        assigned_to,
-        cursor_at,
-        cursor_id,
-        first + 1,
-        phone_digits(search) if search else None,
-    )
+    # A filter or cursor the database cannot take (a NUL byte, a date out of range) is bad input.
+    with database_errors():
+        rows = await pool.fetch(
+            QUERIES["prospects_page"],
+            status,
+            pattern,
+            assigned_to,
+            cursor_at,
+            cursor_id,
+            first + 1,
+            phone_digits(search) if search else None,
+        )
     return list(rows[:first]), len(rows) > first
 
 

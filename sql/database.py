@@ -65,6 +65,19 @@ def server_settings(min_call_interval_seconds: int) -> dict[str, str]:
     }
 
 
+class PooledConnection(asyncpg.Connection):
+    """A pooled connection that skips the reset round trip on release.
+
+    The server keeps no session state on pooled connections: settings are set with
+    set_config(..., true) inside transactions, LISTEN has its own connection and
+    advisory locks are taken only by the migrator on its own. Open transactions are
+    still rolled back on release by asyncpg itself.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def init_connection(connection: asyncpg.Connection) -> None:
     """Decode json and jsonb into Python values."""
     for type_name in ("json", "jsonb"):
@@ -93,6 +106,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=init,
+        connection_class=PooledConnection,
         server_settings=server_settings(min_call_interval_seconds),
     )
     assert pool is not None
