@@ -218,9 +218,7 @@ async def team(pool: asyncpg.Pool, api: Api) -> Team:
     return Team(
         admin=await add_user(pool, api, "admin@test.example", "admin"),
         manager=await add_user(pool, api, "manager@test.example", "manager"),
-        agents=[
-            await add_user(pool, api, f"agent{i}@test.example", "agent") for i in (1, 2)
-        ],
+        agents=[await add_user(pool, api, f"agent{i}@test.example", "agent") for i in (1, 2)],
     )
 
 

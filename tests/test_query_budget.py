@@ -115,7 +115,9 @@ async def test_pages_follow_each_other_without_gaps(
 
 async def test_filters(settings: Settings, pool: asyncpg.Pool, team: Team) -> None:
     await arrange(pool, {"agent": team.agent["id"]})
-    await pool.execute("UPDATE prospects SET status = 'Qualified', company = 'Initech' WHERE name = 'P7'")
+    await pool.execute(
+        "UPDATE prospects SET status = 'Qualified', company = 'Initech' WHERE name = 'P7'"
+    )
     async with running_server(settings) as api:
         query = (
             "query($f: ProspectFilter) { prospects(first: 100, filter: $f) {"
@@ -129,5 +131,7 @@ async def test_filters(settings: Settings, pool: asyncpg.Pool, team: Team) -> No
         assert await names({"status": "Qualified"}) == {"P7"}
         assert await names({"search": "initech"}) == {"P7"}
         assert await names({"search": "(212) 555-0007"}) == {"P7"}
-        assert await names({"assignedTo": team.agent["id"]}) == {f"P{i}" for i in (5, 15, 25, 35, 45, 55)}
+        assert await names({"assignedTo": team.agent["id"]}) == {
+            f"P{i}" for i in (5, 15, 25, 35, 45, 55)
+        }
         assert await names({"search": "%"}) == set()

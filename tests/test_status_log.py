@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+
 import asyncpg
 from conftest import Api, Team, add_prospect
 
@@ -21,7 +24,9 @@ async def test_api_status_change_is_logged_with_the_user(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
     prospect = await add_prospect(api, team.agent["token"])
-    await api.data(UPDATE, {"id": prospect["id"], "input": {"status": "Qualified"}}, team.agent["token"])
+    await api.data(
+        UPDATE, {"id": prospect["id"], "input": {"status": "Qualified"}}, team.agent["token"]
+    )
     data = await api.data(HISTORY, {"id": prospect["id"]}, team.manager["token"])
     assert data["prospect"]["statusHistory"] == [
         {"oldStatus": "New", "newStatus": "Qualified", "changedBy": {"email": team.agent["email"]}}
@@ -83,12 +88,12 @@ async def test_null_clears_optional_fields(api: Api, team: Team) -> None:
 async def test_concurrent_status_changes_are_each_logged(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
-    import asyncio
-
     prospect = await add_prospect(api, team.agent["token"])
     statuses = ["Attempted", "Contacted", "Callback", "Qualified"] * 10
     for status in statuses:  # sequential chain: each change sees the previous
-        await api.data(UPDATE, {"id": prospect["id"], "input": {"status": status}}, team.agent["token"])
+        await api.data(
+            UPDATE, {"id": prospect["id"], "input": {"status": status}}, team.agent["token"]
+        )
     await asyncio.gather(
         *(
             api.data(UPDATE, {"id": prospect["id"], "input": {"status": s}}, team.agent["token"])
@@ -101,7 +106,7 @@ async def test_concurrent_status_changes_are_each_logged(
     )
     # The log is an unbroken chain: each entry starts where the previous ended.
     assert rows[0]["old_status"] == "New"
-    for previous, current in zip(rows, rows[1:], strict=False):
+    for previous, current in itertools.pairwise(rows):
         assert current["old_status"] == previous["new_status"]
     final = await pool.fetchval("SELECT status FROM prospects WHERE id = $1", prospect["id"])
     assert rows[-1]["new_status"] == final
