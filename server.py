@@ -24,7 +24,7 @@ import rest
 from graph.context import Context, Loaders
 from graph.schema import create_schema
 from resolvers import demo, users
-from resolvers.auth import authenticate, bearer_token
+from resolvers.auth import bearer_token
 from resolvers.errors import DomainError
 from settings import Settings
 from sql import database
@@ -38,13 +38,10 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         pool: asyncpg.Pool = request.app.state.pool
-        token = bearer_token(request.headers.get("authorization"))
-        actor = await authenticate(pool, token) if token else None
         return Context(
             pool=pool,
             settings=request.app.state.settings,
-            actor=actor,
-            token=token,
+            token=bearer_token(request.headers.get("authorization")),
             loaders=Loaders.create(pool),
             request=request,
             response=response,

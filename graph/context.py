@@ -11,7 +11,7 @@ import asyncpg
 from strawberry.dataloader import DataLoader
 
 from resolvers import calls, prospects, users
-from resolvers.auth import Actor
+from resolvers.auth import Actor, authenticate, require_role, require_user
 from settings import Settings
 
 
@@ -49,12 +49,38 @@ class Loaders:
 
 @dataclass
 class Context:
-    """What every resolver gets as info.context."""
+    """What every resolver gets as info.context.
+
+    The bearer token is looked up on first use, so `login` costs no session query and
+    a database outage surfaces as a field error with a code rather than a failed request.
+    """
 
     pool: asyncpg.Pool
     settings: Settings
-    actor: Actor | None
     token: str | None
     loaders: Loaders
     request: Any = None
     response: Any = None
+    # Filled by graphql-transport-ws from the connection_init payload.
+    connection_params: Any = None
+    _actor: Actor | None = None
+    _authenticated: bool = False
+
+    async def viewer(self) -> Actor | None:
+        """The signed-in user, or None (looked up once per request)."""
+        if not self._authenticated:
+            self._actor = await authenticate(self.pool, self.token) if self.token else None
+            self._authenticated = True
+        return self._actor
+
+    def sign_in(self, actor: Actor, token: str) -> None:
+        """Set the user for a WebSocket connection authenticated at connection_init."""
+        self._actor, self.token, self._authenticated = actor, token, True
+
+    async def require_user(self) -> Actor:
+        """The signed-in user, or UNAUTHENTICATED."""
+        return require_user(await self.viewer())
+
+    async def require_role(self, *roles: str) -> Actor:
+        """The signed-in user with one of roles, or UNAUTHENTICATED / FORBIDDEN."""
+        return require_role(await self.viewer(), *roles)

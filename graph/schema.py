@@ -31,7 +31,7 @@ from graph.types import (
     User,
 )
 from resolvers import assignments, calls, prospects, users
-from resolvers.auth import SUPERVISORS, LoginLimits, login, logout, require_role, require_user
+from resolvers.auth import SUPERVISORS, LoginLimits, login, logout
 from resolvers.calls import CallOutcome
 from resolvers.errors import BadUserInput, NotFound, parse_id
 from resolvers.prospects import ProspectChanges
@@ -64,8 +64,8 @@ def _changes(data: CreateProspectInput | UpdateProspectInput) -> ProspectChanges
 @strawberry.type
 class Query:
     @strawberry.field(description="The signed-in user.")
-    def viewer(self, info: GraphInfo) -> User:
-        actor = require_user(info.context.actor)
+    async def viewer(self, info: GraphInfo) -> User:
+        actor = await info.context.require_user()
         return User(
             id=strawberry.ID(str(actor.id)),
             email=actor.email,
@@ -77,7 +77,7 @@ class Query:
 
     @strawberry.field
     async def prospect(self, info: GraphInfo, id: strawberry.ID) -> Prospect:
-        require_user(info.context.actor)
+        await info.context.require_user()
         record = await prospects.get_prospect(info.context.pool, parse_id(id))
         return Prospect.from_record(record)
 
@@ -89,7 +89,7 @@ class Query:
         after: str | None = None,
         filter: ProspectFilter | None = None,
     ) -> ProspectConnection:
-        require_user(info.context.actor)
+        await info.context.require_user()
         assigned_to = filter.assigned_to if filter else None
         rows, has_next = await prospects.list_prospects(
             info.context.pool,
@@ -115,7 +115,7 @@ class Query:
 
     @strawberry.field(description="Whether the signed-in user may call the prospect now.")
     async def can_call(self, info: GraphInfo, prospect_id: strawberry.ID) -> CallCheck:
-        actor = require_user(info.context.actor)
+        actor = await info.context.require_user()
         record = await calls.check_call(
             info.context.pool, actor, parse_id(prospect_id, "prospectId")
         )
@@ -133,17 +133,17 @@ class Query:
 
     @strawberry.field(description="Every call in progress, oldest first.")
     async def active_calls(self, info: GraphInfo) -> list[ActiveCall]:
-        require_user(info.context.actor)
+        await info.context.require_user()
         return [ActiveCall.from_record(r) for r in await calls.list_active_calls(info.context.pool)]
 
     @strawberry.field(description="Every user (managers and admins).")
     async def users(self, info: GraphInfo) -> list[User]:
-        require_role(info.context.actor, *SUPERVISORS)
+        await info.context.require_role(*SUPERVISORS)
         return [User.from_record(r) for r in await users.list_users(info.context.pool)]
 
     @strawberry.field(description="The outcomes a call can end with.")
     async def dispositions(self, info: GraphInfo) -> list[Disposition]:
-        require_user(info.context.actor)
+        await info.context.require_user()
         return [
             Disposition(name=r["name"], sets_status=r["sets_status"])
             for r in await calls.list_dispositions(info.context.pool)
@@ -169,13 +169,13 @@ class Mutation:
 
     @strawberry.mutation(description="Revoke the token this request was made with.")
     async def logout(self, info: GraphInfo) -> bool:
-        require_user(info.context.actor)
+        await info.context.require_user()
         assert info.context.token is not None
         return await logout(info.context.pool, info.context.token)
 
     @strawberry.mutation
     async def create_prospect(self, info: GraphInfo, input: CreateProspectInput) -> Prospect:
-        actor = require_user(info.context.actor)
+        actor = await info.context.require_user()
         record = await prospects.create_prospect(
             info.context.pool, actor, _changes(input), info.context.settings.default_phone_region
         )
@@ -185,7 +185,7 @@ class Mutation:
     async def update_prospect(
         self, info: GraphInfo, id: strawberry.ID, input: UpdateProspectInput
     ) -> Prospect:
-        actor = require_user(info.context.actor)
+        actor = await info.context.require_user()
         record = await prospects.update_prospect(
             info.context.pool,
             actor,
@@ -203,7 +203,7 @@ class Mutation:
         phone_number: str | None = None,
         from_number: str | None = None,
     ) -> StartCallPayload:
-        actor = require_user(info.context.actor)
+        actor = await info.context.require_user()
         pid = parse_id(prospect_id, "prospectId")
         record = await calls.start_call(
             info.context.pool,
@@ -238,7 +238,7 @@ class Mutation:
         notes: str | None = None,
         recording_url: str | None = None,
     ) -> CallLog:
-        actor = require_user(info.context.actor)
+        actor = await info.context.require_user()
         record = await calls.end_call(
             info.context.pool,
             actor,
@@ -258,7 +258,7 @@ class Mutation:
         agent_id: strawberry.ID,
         expires_at: datetime | None = None,
     ) -> LeadAssignment:
-        actor = require_role(info.context.actor, *SUPERVISORS)
+        actor = await info.context.require_role(*SUPERVISORS)
         record = await assignments.assign_lead(
             info.context.pool,
             actor,
@@ -270,14 +270,14 @@ class Mutation:
 
     @strawberry.mutation(description="End a prospect's assignment (managers and admins).")
     async def unassign_lead(self, info: GraphInfo, prospect_id: strawberry.ID) -> bool:
-        actor = require_role(info.context.actor, *SUPERVISORS)
+        actor = await info.context.require_role(*SUPERVISORS)
         return await assignments.unassign_lead(
             info.context.pool, actor, parse_id(prospect_id, "prospectId")
         )
 
     @strawberry.mutation(description="Create a user (admins).")
     async def create_user(self, info: GraphInfo, input: CreateUserInput) -> User:
-        require_role(info.context.actor, "admin")
+        await info.context.require_role("admin")
         record = await users.create_user(
             info.context.pool,
             email=input.email,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
