@@ -4,37 +4,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 import rest
 from graph.context import Context, Loaders
 from graph.schema import create_schema
-from resolvers import demo, users
-from resolvers.auth import bearer_token
+from resolvers import calls, demo, users
+from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.errors import DomainError
+from resolvers.events import Hub, Listener
 from settings import Settings
 from sql import database
 from sql.migrator import migrate
 
 log = logging.getLogger("callfloor")
+WALLBOARD_PAGE = Path(__file__).resolve().parent / "wallboard.html"
 
 
 class GraphQLApp(GraphQL[Context, None]):
-    """Strawberry's ASGI view with our context: pool, settings, actor and loaders."""
+    """Strawberry's ASGI view with our context: pool, settings, actor, loaders and hub."""
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         pool: asyncpg.Pool = request.app.state.pool
@@ -43,9 +51,49 @@ class GraphQLApp(GraphQL[Context, None]):
             settings=request.app.state.settings,
             token=bearer_token(request.headers.get("authorization")),
             loaders=Loaders.create(pool),
+            hub=request.app.state.hub,
             request=request,
             response=response,
         )
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Any undecodable body (not UTF-8, nested too deep) is a 400, like bad JSON."""
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as error:
+            raise json.JSONDecodeError("Request body is not valid JSON", "", 0) from error
+
+    async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
+        """Authenticate a WebSocket from its connection_init payload; refuse with 4403."""
+        params = context.connection_params if isinstance(context.connection_params, dict) else {}
+        token = params.get("token")
+        if not isinstance(token, str):
+            header = params.get("Authorization") or params.get("authorization")
+            token = bearer_token(header) if isinstance(header, str) else None
+        try:
+            actor = await authenticate(context.pool, token) if token else None
+        except Exception as error:
+            log.warning("could not authenticate a WebSocket: %r", error)
+            actor = None
+        if actor is None or token is None:
+            raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
+        context.sign_in(actor, token)
+        assert context.hub is not None
+        context.hub.track_socket(hash_token(token).hex(), actor.id, context.request)
+        return None
+
+
+async def sweep_stale_calls(pool: asyncpg.Pool, every_seconds: float) -> None:
+    """Expire calls whose lease lapsed, forever; safe to run on every replica at once."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            expired = await calls.expire_lapsed_calls(pool)
+        except Exception as error:
+            log.warning("stale-call sweep failed: %r", error)
+            continue
+        if expired:
+            log.info("expired %d stale call(s)", expired)
 
 
 ConnectionHook = Callable[[asyncpg.Connection], Awaitable[None]]
@@ -61,29 +109,56 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.pool = await database.create_pool(
+        pool = await database.create_pool(
             database_url,
             min_call_interval_seconds=settings.min_call_interval_seconds,
+            active_call_timeout_seconds=settings.active_call_timeout_seconds,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             on_connect=on_connect,
         )
+        hub = Hub(pool, queue_size=settings.subscriber_queue_size)
+        listener = Listener(database_url, hub, health_interval=settings.listener_health_seconds)
+        app.state.pool, app.state.hub, app.state.listener = pool, hub, listener
+        tasks = [
+            asyncio.create_task(listener.run(), name="call-event-listener"),
+            asyncio.create_task(
+                sweep_stale_calls(pool, settings.stale_call_sweep_seconds), name="stale-calls"
+            ),
+        ]
         try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.connected.wait(), 10)
             yield
         finally:
-            await app.state.pool.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await pool.close()
 
     schema = create_schema(max_depth=settings.max_query_depth, max_aliases=settings.max_aliases)
-    graphql = GraphQLApp(schema, graphql_ide="graphiql" if settings.graphiql else None)
+    graphql = GraphQLApp(
+        schema,
+        graphql_ide="graphiql" if settings.graphiql else None,
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+        allowed_origins=settings.allowed_origins,
+        connection_init_wait_timeout=timedelta(seconds=10),
+    )
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/graphql")
+
+    async def wallboard(request: Request) -> Response:
+        return FileResponse(WALLBOARD_PAGE, media_type="text/html")
 
     app = Starlette(
         routes=[
             Route("/", home),
             *rest.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/wallboard", wallboard),
         ],
         lifespan=lifespan,
     )
@@ -119,7 +194,11 @@ async def apply_migrations(url: str) -> list[str]:
 
 async def _with_pool(settings: Settings, url: str) -> asyncpg.Pool:
     return await database.create_pool(
-        url, min_call_interval_seconds=settings.min_call_interval_seconds, min_size=1, max_size=2
+        url,
+        min_call_interval_seconds=settings.min_call_interval_seconds,
+        active_call_timeout_seconds=settings.active_call_timeout_seconds,
+        min_size=1,
+        max_size=2,
     )
 
 
@@ -166,6 +245,9 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="info",
         proxy_headers=False,
+        # Pings find dead WebSockets (closed laptops, cut networks) and free them.
+        ws_ping_interval=settings.ws_ping_seconds,
+        ws_ping_timeout=settings.ws_ping_seconds,
     )
     return 0
 

@@ -17,6 +17,11 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
 def database_url_from_environment() -> str | None:
     """DATABASE_URL, else one built from the seed's DB_* variables, else None (embedded)."""
     url = os.environ.get("DATABASE_URL", "").strip()
@@ -52,6 +57,13 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 20
     graphiql: bool = True
+    active_call_timeout_seconds: int = 3600
+    stale_call_sweep_seconds: float = 15.0
+    subscriber_queue_size: int = 256
+    max_subscriptions_per_connection: int = 10
+    listener_health_seconds: float = 2.0
+    ws_ping_seconds: float = 20.0
+    allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -73,4 +85,15 @@ class Settings:
             pool_min_size=_int("DB_POOL_MIN_SIZE", 2),
             pool_max_size=_int("DB_POOL_MAX_SIZE", 20),
             graphiql=os.environ.get("GRAPHIQL", "1") not in {"0", "false", "no"},
+            active_call_timeout_seconds=_int("ACTIVE_CALL_TIMEOUT_SECONDS", 3600),
+            stale_call_sweep_seconds=_float("STALE_CALL_SWEEP_SECONDS", 15.0),
+            subscriber_queue_size=_int("SUBSCRIBER_QUEUE_SIZE", 256),
+            max_subscriptions_per_connection=_int("MAX_SUBSCRIPTIONS_PER_CONNECTION", 10),
+            listener_health_seconds=_float("LISTENER_HEALTH_SECONDS", 2.0),
+            ws_ping_seconds=_float("WS_PING_SECONDS", 20.0),
+            allowed_origins=tuple(
+                origin.strip()
+                for origin in os.environ.get("ALLOWED_ORIGINS", "").split(",")
+                if origin.strip()
+            ),
         )

@@ -12,6 +12,7 @@ from strawberry.dataloader import DataLoader
 
 from resolvers import calls, prospects, users
 from resolvers.auth import Actor, authenticate, require_role, require_user
+from resolvers.events import Hub
 from settings import Settings
 
 
@@ -59,6 +60,7 @@ class Context:
     settings: Settings
     token: str | None
     loaders: Loaders
+    hub: Hub | None = None
     request: Any = None
     response: Any = None
     # Filled by graphql-transport-ws from the connection_init payload.

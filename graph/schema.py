@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from graph.extensions import ErrorCodes, log_errors
 from graph.types import (
+    BIG_INT_SCALAR,
     ActiveCall,
+    ActiveCallEvent,
+    BigInt,
     CallCheck,
     CallLog,
     CreateProspectInput,
@@ -29,9 +34,10 @@ from graph.types import (
     StartCallPayload,
     UpdateProspectInput,
     User,
+    active_call_event,
 )
 from resolvers import assignments, calls, prospects, users
-from resolvers.auth import SUPERVISORS, LoginLimits, login, logout
+from resolvers.auth import SUPERVISORS, LoginLimits, hash_token, login, logout
 from resolvers.calls import CallOutcome
 from resolvers.errors import BadUserInput, NotFound, parse_id
 from resolvers.prospects import ProspectChanges
@@ -213,14 +219,7 @@ class Mutation:
             from_number,
             info.context.settings.default_phone_region,
         )
-        active_call = ActiveCall(
-            id=strawberry.ID(str(record["active_call_id"])),
-            prospect_id=strawberry.ID(str(pid)),
-            caller_id=strawberry.ID(str(actor.id)),
-            call_log_id=strawberry.ID(str(record["call_log_id"])),
-            phone_number=record["phone_number"],
-            started_at=record["started_at"],
-        )
+        active_call = ActiveCall.from_record(record["active_call"])
         return StartCallPayload(
             active_call_id=active_call.id,
             call_log_id=active_call.call_log_id,
@@ -249,6 +248,24 @@ class Mutation:
             ),
         )
         return CallLog.from_record(record)
+
+    @strawberry.mutation(description="Keep an active call alive: extend its lease.")
+    async def heartbeat_call(self, info: GraphInfo, call_log_id: strawberry.ID) -> ActiveCall:
+        actor = await info.context.require_user()
+        record = await calls.heartbeat_call(
+            info.context.pool, actor, parse_id(call_log_id, "callLogId")
+        )
+        return ActiveCall.from_record(record)
+
+    @strawberry.mutation(
+        description=(
+            "End, as Expired, every active call older than olderThan seconds "
+            "(managers and admins); returns how many."
+        )
+    )
+    async def release_stale_calls(self, info: GraphInfo, older_than: int) -> int:
+        await info.context.require_role(*SUPERVISORS)
+        return await calls.release_stale_calls(info.context.pool, older_than)
 
     @strawberry.mutation(description="Assign a prospect to an agent (managers and admins).")
     async def assign_lead(
@@ -289,6 +306,27 @@ class Mutation:
         return User.from_record(record)
 
 
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description=(
+            "Active-call changes as they commit: first a SNAPSHOT, then STARTED, ENDED and "
+            "EXPIRED. A fresh SNAPSHOT follows whenever events may have been missed."
+        )
+    )
+    async def active_call_events(
+        self, info: GraphInfo, agent_id: strawberry.ID | None = None
+    ) -> AsyncGenerator[ActiveCallEvent, None]:
+        actor = await info.context.require_user()
+        agent = parse_id(agent_id, "agentId") if agent_id else None
+        hub, token = info.context.hub, info.context.token
+        assert hub is not None
+        assert token is not None
+        async with hub.subscription(actor.id, hash_token(token).hex(), agent) as events:
+            async for event in events:
+                yield active_call_event(event)
+
+
 class CallfloorSchema(strawberry.Schema):
     """Logs unexpected errors whole; expected ones are the client's business."""
 
@@ -307,4 +345,10 @@ def create_schema(
         lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
         ErrorCodes,
     ]
-    return CallfloorSchema(query=Query, mutation=Mutation, extensions=extensions)
+    return CallfloorSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        config=StrawberryConfig(scalar_map={BigInt: BIG_INT_SCALAR}),
+    )

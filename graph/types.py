@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, NewType
 from uuid import UUID
 
 import asyncpg
@@ -12,8 +14,14 @@ from strawberry.types import Info
 
 from graph.context import Context
 from resolvers.errors import BadUserInput
+from resolvers.events import CallEvent
 
 GraphInfo = Info[Context, None]
+# Event numbers outgrow GraphQL's 32-bit Int; JSON numbers carry them exactly to 2**53.
+BigInt = NewType("BigInt", int)
+BIG_INT_SCALAR = strawberry.scalar(
+    name="BigInt", serialize=int, parse_value=int, description="A 64-bit integer."
+)
 MAX_HISTORY = 100
 
 
@@ -110,17 +118,29 @@ class ActiveCall:
     call_log_id: strawberry.ID
     phone_number: str
     started_at: datetime
+    lease_expires_at: datetime = strawberry.field(
+        description="When the call expires unless heartbeatCall extends it."
+    )
+    prospect_name: str
+    caller_name: str
 
     @classmethod
-    def from_record(cls, record: asyncpg.Record) -> ActiveCall:
-        """An ActiveCall from an active_calls row."""
+    def from_record(cls, record: Mapping[str, Any] | asyncpg.Record) -> ActiveCall:
+        """An ActiveCall from an active_calls row (with names) or an event's JSON."""
+        started_at = record["started_at"]
+        lease = record["lease_expires_at"]
         return cls(
             id=strawberry.ID(str(record["id"])),
             prospect_id=strawberry.ID(str(record["prospect_id"])),
             caller_id=strawberry.ID(str(record["caller_id"])),
             call_log_id=strawberry.ID(str(record["call_log_id"])),
             phone_number=record["phone_number"],
-            started_at=record["started_at"],
+            started_at=datetime.fromisoformat(started_at)
+            if isinstance(started_at, str)
+            else started_at,
+            lease_expires_at=datetime.fromisoformat(lease) if isinstance(lease, str) else lease,
+            prospect_name=record["prospect_name"],
+            caller_name=record["caller_name"],
         )
 
     @strawberry.field
@@ -130,6 +150,33 @@ class ActiveCall:
     @strawberry.field
     async def prospect(self, info: GraphInfo) -> Prospect | None:
         return await _load_prospect(info, _uuid(self.prospect_id))
+
+
+@strawberry.enum(description="What happened to the active calls.")
+class ActiveCallEventType(Enum):
+    SNAPSHOT = "SNAPSHOT"
+    STARTED = "STARTED"
+    ENDED = "ENDED"
+    EXPIRED = "EXPIRED"
+
+
+@strawberry.type(description="A change to the active calls, or a SNAPSHOT of all of them.")
+class ActiveCallEvent:
+    type: ActiveCallEventType
+    seq: BigInt = strawberry.field(
+        description=(
+            "Numbers every committed call event across the database, in commit order and "
+            "without gaps; a SNAPSHOT carries the number it is current as of."
+        )
+    )
+    at: datetime
+    active_call: ActiveCall | None = strawberry.field(
+        description="The call that STARTED, ENDED or EXPIRED."
+    )
+    outcome: str | None = strawberry.field(description="For ENDED and EXPIRED.")
+    active_calls: list[ActiveCall] | None = strawberry.field(
+        description="For SNAPSHOT: every active call (of the agent, when narrowed)."
+    )
 
 
 @strawberry.type(description="One status change, written by a trigger whoever made it.")
@@ -319,3 +366,19 @@ class CreateUserInput:
     password: str
     role: str = strawberry.field(description="agent, manager or admin.")
     name: str = ""
+
+
+def active_call_event(event: CallEvent) -> ActiveCallEvent:
+    """The GraphQL shape of a hub event."""
+    return ActiveCallEvent(
+        type=ActiveCallEventType(event.type),
+        seq=BigInt(event.seq),
+        at=event.at,
+        active_call=ActiveCall.from_record(event.active_call) if event.active_call else None,
+        outcome=event.outcome,
+        active_calls=(
+            [ActiveCall.from_record(call) for call in event.active_calls]
+            if event.active_calls is not None
+            else None
+        ),
+    )

@@ -163,4 +163,4 @@ async def login(
 
 async def logout(pool: asyncpg.Pool, token: str) -> bool:
     """Revoke a token; True when it was live."""
-    return await pool.fetchval(QUERIES["revoke_session"], hash_token(token)) is not None
+    return bool(await pool.fetchval(QUERIES["revoke_session"], hash_token(token)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -93,6 +94,25 @@ async def end_call(
         )
     assert record is not None
     return record
+
+
+async def heartbeat_call(pool: asyncpg.Pool, actor: Actor, call_log_id: UUID) -> dict[str, Any]:
+    """Extend the lease of an active call (agents only their own); the call as JSON."""
+    with database_errors():
+        call: dict[str, Any] = await pool.fetchval(QUERIES["heartbeat_call"], call_log_id, actor.id)
+    return call
+
+
+async def release_stale_calls(pool: asyncpg.Pool, older_than_seconds: int) -> int:
+    """End, as Expired, the active calls that started more than older_than_seconds ago."""
+    if not 0 <= older_than_seconds <= 10 * 365 * 86_400:
+        raise BadUserInput("olderThan must be a number of seconds, 0 or more", field="olderThan")
+    return int(await pool.fetchval(QUERIES["release_calls_started_before"], older_than_seconds))
+
+
+async def expire_lapsed_calls(pool: asyncpg.Pool) -> int:
+    """End, as Expired, the active calls whose lease lapsed (the background sweep)."""
+    return int(await pool.fetchval(QUERIES["expire_lapsed_calls"]))
 
 
 async def list_active_calls(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -56,12 +56,15 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + quote(name)))
 
 
-def server_settings(min_call_interval_seconds: int) -> dict[str, str]:
-    """Session settings every pooled connection starts with."""
+def server_settings(
+    min_call_interval_seconds: int, active_call_timeout_seconds: int = 3600
+) -> dict[str, str]:
+    """Session settings every connection starts with; the SQL functions read the app.* ones."""
     return {
         "application_name": "callfloor",
         "timezone": "UTC",
         "app.min_call_interval_seconds": str(min_call_interval_seconds),
+        "app.active_call_timeout_seconds": str(active_call_timeout_seconds),
     }
 
 
@@ -90,6 +93,7 @@ async def create_pool(
     url: str,
     *,
     min_call_interval_seconds: int,
+    active_call_timeout_seconds: int = 3600,
     min_size: int = 2,
     max_size: int = 20,
     on_connect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
@@ -107,7 +111,9 @@ async def create_pool(
         max_size=max_size,
         init=init,
         connection_class=PooledConnection,
-        server_settings=server_settings(min_call_interval_seconds),
+        server_settings=server_settings(min_call_interval_seconds, active_call_timeout_seconds),
+        # Fail fast while the database is unreachable; the caller answers SERVICE_UNAVAILABLE.
+        timeout=5,
     )
     assert pool is not None
     return pool

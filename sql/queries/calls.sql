@@ -10,7 +10,8 @@ SELECT can_call_prospect($1, $2);
 
 -- name: start_call
 -- Check and start a call atomically. $1 prospect id, $2 caller id, $3 phone or NULL, $4 from number.
-SELECT active_call_id, call_log_id, started_at, phone_number FROM start_call($1, $2, $3, $4);
+SELECT active_call_id, call_log_id, started_at, phone_number, active_call
+FROM start_call($1, $2, $3, $4);
 
 -- name: end_call
 -- End a call atomically. $1 prospect id, $2 call log id, $3 acting user, $4 outcome,
@@ -32,19 +33,40 @@ CROSS JOIN LATERAL (
 ) c;
 
 -- name: active_calls
--- Every active call, oldest first.
-SELECT id, prospect_id, caller_id, call_log_id, phone_number, started_at
-FROM active_calls ORDER BY started_at, id;
+-- Every active call, oldest first, with the names a wallboard shows.
+SELECT a.id, a.prospect_id, a.caller_id, a.call_log_id, a.phone_number, a.started_at,
+       a.lease_expires_at, p.name AS prospect_name,
+       coalesce(nullif(u.name, ''), u.email) AS caller_name
+FROM active_calls a
+JOIN prospects p ON p.id = a.prospect_id
+JOIN users u ON u.id = a.caller_id
+ORDER BY a.started_at, a.id;
 
 -- name: active_calls_for_prospects
 -- The active call of each prospect that has one. $1 uuid[].
-SELECT id, prospect_id, caller_id, call_log_id, phone_number, started_at
-FROM active_calls WHERE prospect_id = ANY($1::uuid[]);
+SELECT a.id, a.prospect_id, a.caller_id, a.call_log_id, a.phone_number, a.started_at,
+       a.lease_expires_at, p.name AS prospect_name,
+       coalesce(nullif(u.name, ''), u.email) AS caller_name
+FROM active_calls a
+JOIN prospects p ON p.id = a.prospect_id
+JOIN users u ON u.id = a.caller_id
+WHERE a.prospect_id = ANY($1::uuid[]);
 
--- name: active_call_by_id
--- One active call. $1 active call id.
-SELECT id, prospect_id, caller_id, call_log_id, phone_number, started_at
-FROM active_calls WHERE id = $1;
+-- name: active_calls_snapshot
+-- Every active call as JSON, and the event number it is current as of.
+SELECT seq, calls FROM active_calls_snapshot();
+
+-- name: heartbeat_call
+-- Extend an active call's lease; the call as events carry it. $1 call log id, $2 acting user.
+SELECT active_call_json(h) AS active_call FROM heartbeat_call($1, $2) h;
+
+-- name: expire_lapsed_calls
+-- End calls whose lease lapsed, with the Expired outcome; returns how many.
+SELECT expire_active_calls(NULL);
+
+-- name: release_calls_started_before
+-- End calls older than $1 seconds, with the Expired outcome; returns how many.
+SELECT expire_active_calls(now() - make_interval(secs => $1));
 
 -- name: list_dispositions
 -- The outcomes a call can end with, in display order.

@@ -30,10 +30,8 @@ FROM sessions s JOIN users u ON u.id = s.user_id
 WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.active;
 
 -- name: revoke_session
--- Revoke one token; returns the row when it was live. $1 token hash.
-UPDATE sessions SET revoked_at = now()
-WHERE token_hash = $1 AND revoked_at IS NULL
-RETURNING user_id;
+-- Revoke one token and notify every replica; true when it was live. $1 token hash.
+SELECT revoke_session($1);
 
 -- name: count_login_failures
 -- Recent failed logins for one email. $1 lower-cased email, $2 window in seconds.

@@ -1,0 +1,290 @@
+"""Live call events: one LISTEN connection per process, fanned out to every subscriber.
+
+PostgreSQL delivers NOTIFY payloads in commit order, and publish_call_event() numbers
+them in that order without gaps. The Listener owns a dedicated connection (never a
+pooled one), checks it every few seconds, and after any reconnect tells the Hub to
+resynchronise everyone, because events may have been lost while it was away. Each
+subscriber has a bounded queue: a slow client never delays the others, and one that
+falls too far behind is sent a fresh snapshot instead of a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from resolvers.errors import Unauthenticated
+from sql.queries import QUERIES
+
+log = logging.getLogger("callfloor.events")
+
+CALL_CHANNEL = "active_calls"
+REVOKE_CHANNEL = "sessions_revoked"
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """STARTED, ENDED or EXPIRED, as committed; or a SNAPSHOT of every active call."""
+
+    type: str
+    seq: int
+    at: datetime
+    active_call: dict[str, Any] | None = None
+    outcome: str | None = None
+    active_calls: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_notification(cls, payload: str) -> CallEvent:
+        """Parse a publish_call_event() payload."""
+        data = json.loads(payload)
+        return cls(
+            type=data["type"],
+            seq=int(data["seq"]),
+            at=datetime.fromisoformat(data["at"]),
+            active_call=data["active_call"],
+            outcome=data.get("outcome"),
+        )
+
+    def for_agent(self, agent_id: UUID | None) -> CallEvent | None:
+        """The event as a subscriber narrowed to one agent sees it (None: not at all)."""
+        if agent_id is None:
+            return self
+        wanted = str(agent_id)
+        if self.active_calls is not None:
+            calls = [call for call in self.active_calls if call["caller_id"] == wanted]
+            return CallEvent(self.type, self.seq, self.at, active_calls=calls)
+        if self.active_call is not None and self.active_call["caller_id"] == wanted:
+            return self
+        return None
+
+
+class _Signal:
+    """A marker put in a subscriber's queue instead of an event."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+RESYNC = _Signal("RESYNC")
+REVOKED = _Signal("REVOKED")
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One subscription's bounded queue."""
+
+    queue: asyncio.Queue[CallEvent | _Signal]
+    user_id: UUID
+    token_hash: str
+    agent_id: UUID | None = None
+
+    def offer(self, item: CallEvent | _Signal) -> None:
+        """Queue without ever waiting; a full queue is replaced by one RESYNC."""
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.reset(RESYNC)
+
+    def reset(self, signal: _Signal) -> None:
+        """Drop what is queued and queue the signal alone."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(signal)
+
+
+@dataclass
+class Hub:
+    """Fans events out to this process's subscribers; shares snapshots between them."""
+
+    pool: asyncpg.Pool
+    queue_size: int = 256
+    subscribers: set[Subscriber] = field(default_factory=set)
+    last_seq: int = 0
+    _snapshot: CallEvent | None = None
+    _snapshot_task: asyncio.Task[CallEvent] | None = None
+    _sockets: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
+    _closing: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def publish(self, event: CallEvent) -> None:
+        """Hand a committed event to every subscriber."""
+        self.last_seq = max(self.last_seq, event.seq)
+        for subscriber in list(self.subscribers):
+            subscriber.offer(event)
+
+    def resync_all(self) -> None:
+        """Events may have been lost: every subscriber starts again from a snapshot."""
+        self._snapshot = None
+        for subscriber in list(self.subscribers):
+            subscriber.reset(RESYNC)
+
+    def revoke(self, *, token_hash: str | None = None, user_id: str | None = None) -> None:
+        """End the subscriptions and sockets of a revoked token or a deactivated user."""
+        for subscriber in list(self.subscribers):
+            if subscriber.token_hash == token_hash or str(subscriber.user_id) == user_id:
+                subscriber.reset(REVOKED)
+        for key in (token_hash, user_id):
+            for socket in list(self._sockets.pop(key or "", ())):
+                task = asyncio.ensure_future(_close_quietly(socket))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    def track_socket(self, token_hash: str, user_id: UUID, socket: Any) -> None:
+        """Remember a WebSocket so revoking its token closes it (forgotten once collected)."""
+        for key in (token_hash, str(user_id)):
+            self._sockets.setdefault(key, weakref.WeakSet()).add(socket)
+        for key in [key for key, sockets in self._sockets.items() if not sockets]:
+            del self._sockets[key]
+
+    async def snapshot(self) -> CallEvent:
+        """Every active call, current as of the newest event this process has seen.
+
+        One query serves every subscriber that asks at about the same time (after a
+        reconnect, thousands do); a cached snapshot is reused only while no newer event
+        has arrived, so it never hides an event from a new subscriber.
+        """
+        if self._snapshot is not None and self._snapshot.seq >= self.last_seq:
+            return self._snapshot
+        if self._snapshot_task is None:
+            self._snapshot_task = asyncio.ensure_future(self._fetch_snapshot())
+            self._snapshot_task.add_done_callback(self._snapshot_done)
+        return await asyncio.shield(self._snapshot_task)
+
+    def _snapshot_done(self, task: asyncio.Task[CallEvent]) -> None:
+        self._snapshot_task = None
+        if not task.cancelled() and task.exception() is None:
+            self._snapshot = task.result()
+
+    async def _fetch_snapshot(self) -> CallEvent:
+        row = await self.pool.fetchrow(QUERIES["active_calls_snapshot"])
+        assert row is not None
+        return CallEvent(
+            type="SNAPSHOT",
+            seq=int(row["seq"]),
+            at=datetime.now().astimezone(),
+            active_calls=list(row["calls"]),
+        )
+
+    @contextlib.asynccontextmanager
+    async def subscription(
+        self, user_id: UUID, token_hash: str, agent_id: UUID | None = None
+    ) -> AsyncIterator[AsyncIterator[CallEvent]]:
+        """Subscribe for the duration of the block; yields the event stream."""
+        subscriber = Subscriber(
+            queue=asyncio.Queue(self.queue_size),
+            user_id=user_id,
+            token_hash=token_hash,
+            agent_id=agent_id,
+        )
+        # Subscribe before reading the snapshot, so nothing committed in between is lost.
+        self.subscribers.add(subscriber)
+        try:
+            yield self._stream(subscriber)
+        finally:
+            self.subscribers.discard(subscriber)
+
+    async def _stream(self, subscriber: Subscriber) -> AsyncIterator[CallEvent]:
+        item: CallEvent | _Signal = RESYNC
+        seen = -1
+        while True:
+            if item is REVOKED:
+                raise Unauthenticated("The session was signed out")
+            if item is RESYNC:
+                snapshot = await self.snapshot()
+                seen = snapshot.seq
+                narrowed = snapshot.for_agent(subscriber.agent_id)
+                assert narrowed is not None
+                yield narrowed
+            elif isinstance(item, CallEvent) and item.seq > seen:
+                seen = item.seq
+                event = item.for_agent(subscriber.agent_id)
+                if event is not None:
+                    yield event
+            item = await subscriber.queue.get()
+
+
+async def _close_quietly(socket: Any) -> None:
+    """Close a WebSocket with 4403; it may already be gone."""
+    with contextlib.suppress(Exception):
+        await socket.close(code=4403, reason="Session revoked")
+
+
+@dataclass
+class Listener:
+    """The process's one LISTEN connection, kept alive and re-established with backoff."""
+
+    url: str
+    hub: Hub
+    health_interval: float = 2.0
+    max_backoff: float = 5.0
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    connection: asyncpg.Connection | None = None
+    reconnects: int = 0
+
+    async def run(self) -> None:
+        """Listen until cancelled; every reconnect after the first resyncs subscribers."""
+        backoff = 0.1
+        first = True
+        while True:
+            lost = asyncio.Event()
+            try:
+                self.connection = await asyncpg.connect(self.url, timeout=5)
+                self.connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
+                await self.connection.add_listener(CALL_CHANNEL, self._on_call_event)
+                await self.connection.add_listener(REVOKE_CHANNEL, self._on_revoke)
+                if not first:
+                    self.reconnects += 1
+                    log.warning("listener reconnected; resynchronising subscribers")
+                    self.hub.resync_all()
+                first = False
+                backoff = 0.1
+                self.connected.set()
+                await self._watch(lost)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("listener connection failed: %r; retrying in %.1fs", error, backoff)
+            finally:
+                self.connected.clear()
+                await self._close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _watch(self, lost: asyncio.Event) -> None:
+        """Return when the connection is gone; a silent network cut fails the health query."""
+        assert self.connection is not None
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), self.health_interval)
+                return
+            await self.connection.fetchval("SELECT 1", timeout=self.health_interval)
+
+    async def _close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None and not connection.is_closed():
+            try:
+                await asyncio.wait_for(connection.close(), 2)
+            except Exception:
+                connection.terminate()
+
+    def _on_call_event(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            self.hub.publish(CallEvent.from_notification(str(payload)))
+        except (ValueError, KeyError) as error:
+            log.error("ignoring a malformed call event %r: %r", payload, error)
+
+    def _on_revoke(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        data = json.loads(str(payload))
+        self.hub.revoke(token_hash=data.get("token_hash"), user_id=data.get("user_id"))
