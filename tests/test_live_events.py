@@ -1,0 +1,332 @@
+"""activeCallEvents over graphql-transport-ws, driven by LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+import websockets
+from conftest import Api, Team, add_prospect, add_user, running_server
+from gql import Client, GraphQLRequest
+from gql.transport.websockets import WebsocketsTransport
+from test_call_rules import START_CALL, end, next_phone, start
+
+from resolvers.events import CallEvent, Hub
+from settings import Settings
+
+EVENTS = """
+subscription($agent: ID) {
+  activeCallEvents(agentId: $agent) {
+    type seq outcome
+    activeCall { id callLogId prospectId callerId prospectName callerName phoneNumber startedAt }
+    activeCalls { id callLogId callerId prospectName }
+  }
+}
+"""
+
+
+class Stream:
+    """A live subscription read one event at a time, with a timeout."""
+
+    def __init__(self, iterator: AsyncIterator[dict[str, Any]]) -> None:
+        self.iterator = iterator
+
+    async def next(self, timeout: float = 10) -> dict[str, Any]:
+        result = await asyncio.wait_for(self.iterator.__anext__(), timeout)
+        event: dict[str, Any] = result["activeCallEvents"]
+        return event
+
+    async def next_of(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+        """Skip to the next event of a type (e.g. past a resync's SNAPSHOT)."""
+        while True:
+            event = await self.next(timeout)
+            if event["type"] == kind:
+                return event
+
+
+@asynccontextmanager
+async def subscribe(api: Api, token: str, agent: str | None = None) -> AsyncIterator[Stream]:
+    """Subscribe with gql's graphql-transport-ws client, a real third-party client."""
+    transport = WebsocketsTransport(
+        url=api.base_url.replace("http", "ws") + "/graphql",
+        init_payload={"token": token},
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+    )
+    async with Client(transport=transport) as session:
+        request = GraphQLRequest(EVENTS, variable_values={"agent": agent})
+        iterator = session.subscribe(request)
+        try:
+            yield Stream(iterator)
+        finally:
+            await iterator.aclose()
+
+
+async def test_snapshot_then_deltas_in_commit_order(api: Api, team: Team) -> None:
+    token = team.agent["token"]
+    first = await add_prospect(api, token, next_phone(), name="First")
+    second = await add_prospect(api, token, next_phone(), name="Second")
+    call = await start(api, token, first["id"])
+    async with subscribe(api, team.manager["token"]) as stream:
+        snapshot = await stream.next()
+        assert snapshot["type"] == "SNAPSHOT"
+        assert [c["callLogId"] for c in snapshot["activeCalls"]] == [call["callLogId"]]
+        assert snapshot["activeCalls"][0]["prospectName"] == "First"
+
+        other = await start(api, team.agents[1]["token"], second["id"])
+        await end(api, token, first["id"], call["callLogId"], "Voicemail")
+
+        started = await stream.next()
+        assert started["type"] == "STARTED"
+        assert started["seq"] == snapshot["seq"] + 1
+        assert started["activeCall"]["callLogId"] == other["callLogId"]
+        assert started["activeCall"]["prospectName"] == "Second"
+        assert started["activeCall"]["callerName"] == "agent2"
+        assert started["activeCall"]["phoneNumber"].startswith("+1212555")
+
+        ended = await stream.next()
+        assert ended["type"] == "ENDED"
+        assert ended["seq"] == started["seq"] + 1
+        assert ended["outcome"] == "Voicemail"
+        assert ended["activeCall"]["callLogId"] == call["callLogId"]
+
+
+async def test_agent_filter_narrows_the_stream(api: Api, team: Team) -> None:
+    mine = await add_prospect(api, team.agent["token"], next_phone())
+    theirs = await add_prospect(api, team.agent["token"], next_phone())
+    async with subscribe(api, team.manager["token"], agent=team.agents[1]["id"]) as stream:
+        assert (await stream.next())["activeCalls"] == []
+        await start(api, team.agents[0]["token"], mine["id"])
+        call = await start(api, team.agents[1]["token"], theirs["id"])
+        event = await stream.next()
+        assert event["type"] == "STARTED"
+        assert event["activeCall"]["callLogId"] == call["callLogId"]
+
+
+async def test_a_rolled_back_call_never_shows(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    doomed = await add_prospect(api, team.agent["token"], next_phone())
+    kept = await add_prospect(api, team.agent["token"], next_phone())
+    async with subscribe(api, team.manager["token"]) as stream:
+        snapshot = await stream.next()
+        async with pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            await connection.fetchrow(
+                "SELECT * FROM start_call($1, $2, NULL, NULL)", doomed["id"], team.agent["id"]
+            )
+            await transaction.rollback()
+        call = await start(api, team.agent["token"], kept["id"])
+        event = await stream.next()
+        assert event["activeCall"]["callLogId"] == call["callLogId"]
+        assert event["seq"] == snapshot["seq"] + 1  # no gap: the rollback took no number
+
+
+async def test_bad_or_missing_token_closes_with_4403(api: Api, team: Team) -> None:
+    url = api.base_url.replace("http", "ws") + "/graphql"
+    for payload in ({"token": "not-a-token"}, {}, {"Authorization": "Bearer nope"}):
+        async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+            await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.recv(), 5)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4403
+    # The Authorization form is accepted too.
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        init = {"Authorization": f"Bearer {team.agent['token']}"}
+        await socket.send(json.dumps({"type": "connection_init", "payload": init}))
+        assert json.loads(await asyncio.wait_for(socket.recv(), 5))["type"] == "connection_ack"
+
+
+async def test_logout_closes_the_socket(api: Api, team: Team) -> None:
+    url = api.base_url.replace("http", "ws") + "/graphql"
+    token = team.agent["token"]
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        await socket.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
+        await socket.send(
+            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": EVENTS}})
+        )
+        assert json.loads(await socket.recv())["payload"]["data"]["activeCallEvents"]["type"] == (
+            "SNAPSHOT"
+        )
+        assert (await api.data("mutation { logout }", token=token))["logout"] is True
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(socket.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4403
+
+
+async def test_deactivating_a_user_closes_their_socket(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    url = api.base_url.replace("http", "ws") + "/graphql"
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        init = {"token": team.agent["token"]}
+        await socket.send(json.dumps({"type": "connection_init", "payload": init}))
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
+        await pool.execute("UPDATE users SET active = false WHERE id = $1", team.agent["id"])
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4403
+
+
+async def test_subscriptions_per_connection_are_bounded(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    async with running_server(replace(settings, max_subscriptions_per_connection=2)) as api:
+        agent = await add_user(pool, api, "many@test.example", "agent")
+        url = api.base_url.replace("http", "ws") + "/graphql"
+        async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+            init = {"token": agent["token"]}
+            await socket.send(json.dumps({"type": "connection_init", "payload": init}))
+            assert json.loads(await socket.recv())["type"] == "connection_ack"
+            for number in range(3):
+                message = {"id": str(number), "type": "subscribe", "payload": {"query": EVENTS}}
+                await socket.send(json.dumps(message))
+            replies = [json.loads(await asyncio.wait_for(socket.recv(), 5)) for _ in range(3)]
+            assert sorted(r["type"] for r in replies) == ["error", "next", "next"]
+            [refused] = [r for r in replies if r["type"] == "error"]
+            assert refused["id"] == "2"
+
+
+async def test_a_slow_subscriber_gets_a_snapshot_and_never_delays_others(
+    pool: asyncpg.Pool,
+) -> None:
+    """The fan-out never waits: an overflowing queue is replaced by one RESYNC."""
+    hub = Hub(pool, queue_size=4)
+    seq = int(await pool.fetchval("SELECT seq FROM call_event_sequence"))
+    async with (
+        hub.subscription(uuid_of(1), "slow") as slow,
+        hub.subscription(uuid_of(2), "fast") as fast,
+    ):
+        assert (await anext(slow)).type == "SNAPSHOT"
+        assert (await anext(fast)).type == "SNAPSHOT"
+        received = []
+        for number in range(1, 21):
+            hub.publish(fake_event(seq + number))  # never blocks, whoever is slow
+            received.append((await anext(fast)).seq)
+        assert received == [seq + n for n in range(1, 21)]
+        # The slow one kept no backlog: it gets a fresh snapshot instead.
+        assert (await asyncio.wait_for(anext(slow), 5)).type == "SNAPSHOT"
+
+
+def uuid_of(number: int) -> Any:
+    import uuid
+
+    return uuid.UUID(int=number)
+
+
+def fake_event(seq: int) -> CallEvent:
+    from datetime import UTC, datetime
+
+    call = {"caller_id": str(uuid_of(9)), "id": str(uuid_of(seq))}
+    return CallEvent("STARTED", seq, datetime.now(UTC), active_call=call)
+
+
+async def test_listener_loss_reconnects_and_resyncs(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    prospect = await add_prospect(api, team.agent["token"], next_phone())
+    listener = api.app.state.listener
+    async with subscribe(api, team.manager["token"]) as stream:
+        await stream.next()
+        old_pid = listener.connection.get_server_pid()
+        assert await pool.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+        # A call started while nobody listens is in the resync snapshot.
+        call = await start(api, team.agent["token"], prospect["id"])
+        resync = await stream.next_of("SNAPSHOT", timeout=15)
+        assert call["callLogId"] in [c["callLogId"] for c in resync["activeCalls"]]
+        assert listener.connection.get_server_pid() != old_pid
+        await end(api, team.agent["token"], prospect["id"], call["callLogId"])
+        ended = await stream.next_of("ENDED")
+        assert ended["activeCall"]["callLogId"] == call["callLogId"]
+
+
+async def test_stale_calls_expire_and_heartbeats_keep_them(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    quick = replace(settings, active_call_timeout_seconds=1, stale_call_sweep_seconds=0.2)
+    async with running_server(quick) as api:
+        agent = await add_user(pool, api, "stale@test.example", "agent")
+        kept = await add_prospect(api, agent["token"], next_phone(), name="Kept")
+        lost = await add_prospect(api, agent["token"], next_phone(), name="Lost")
+        async with subscribe(api, agent["token"]) as stream:
+            await stream.next()
+            kept_call = await start(api, agent["token"], kept["id"])
+            lost_call = await start(api, agent["token"], lost["id"])
+            for _ in range(6):
+                await asyncio.sleep(0.3)
+                await api.data(
+                    "mutation($c: ID!) { heartbeatCall(callLogId: $c) { leaseExpiresAt } }",
+                    {"c": kept_call["callLogId"]},
+                    agent["token"],
+                )
+            expired = await stream.next_of("EXPIRED")
+            assert expired["activeCall"]["callLogId"] == lost_call["callLogId"]
+            assert expired["outcome"] == "Expired"
+        outcomes = dict(await pool.fetch("SELECT id::text, outcome FROM call_logs"))
+        assert outcomes == {kept_call["callLogId"]: None, lost_call["callLogId"]: "Expired"}
+        status = await pool.fetchval("SELECT status FROM prospects WHERE id = $1", lost["id"])
+        assert status == "New"  # Expired sets no status
+
+
+async def test_replicas_expiring_at_once_expire_each_call_once(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    agent = await pool.fetchval(
+        "INSERT INTO users (email, password_hash, role) VALUES ('x@test.example', 'x', 'agent')"
+        " RETURNING id"
+    )
+    replicas = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        for round_number in range(10):
+            await pool.execute(
+                """
+                WITH p AS (
+                    INSERT INTO prospects (name, phone)
+                    SELECT 'S', '+1212' || lpad((5550000 + $1 * 50 + i)::text, 7, '0')
+                    FROM generate_series(0, 29) i RETURNING id, phone
+                ), c AS (
+                    INSERT INTO call_logs (prospect_id, caller_id, phone_number)
+                    SELECT id, $2, phone FROM p RETURNING id, prospect_id, phone_number
+                )
+                INSERT INTO active_calls (prospect_id, caller_id, call_log_id, phone_number,
+                                          lease_expires_at)
+                SELECT prospect_id, $2, id, phone_number, now() - interval '1 second' FROM c
+                """,
+                round_number,
+                agent,
+            )
+            counts = await asyncio.gather(
+                *(r.fetchval("SELECT expire_active_calls(NULL)") for r in replicas)
+            )
+            assert sum(counts) == 30, counts
+            assert await pool.fetchval("SELECT count(*) FROM active_calls") == 0
+        expired = await pool.fetchval("SELECT count(*) FROM call_logs WHERE outcome = 'Expired'")
+        assert expired == 300
+        assert await pool.fetchval("SELECT seq FROM call_event_sequence") == 300
+    finally:
+        for replica in replicas:
+            await replica.close()
+
+
+async def test_managers_release_stale_calls(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    prospect = await add_prospect(api, team.agent["token"], next_phone())
+    call = await start(api, team.agent["token"], prospect["id"])
+    release = "mutation($s: Int!) { releaseStaleCalls(olderThan: $s) }"
+    assert await api.error_code(release, {"s": 0}, team.agent["token"]) == "FORBIDDEN"
+    assert (await api.data(release, {"s": 3600}, team.manager["token"]))["releaseStaleCalls"] == 0
+    await pool.execute("UPDATE active_calls SET started_at = now() - interval '2 hours'")
+    assert (await api.data(release, {"s": 3600}, team.manager["token"]))["releaseStaleCalls"] == 1
+    outcome = await pool.fetchval("SELECT outcome FROM call_logs WHERE id = $1", call["callLogId"])
+    assert outcome == "Expired"
+    assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
+        "RECENTLY_CALLED"
+    )

@@ -1,0 +1,81 @@
+"""Two real server processes on one database each deliver every event."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from conftest import PASSWORD, Api
+from test_command_line import LOGIN, serving
+from test_live_events import subscribe
+
+from resolvers.users import create_user
+
+START = "mutation($p: ID!) { startCall(prospectId: $p) { callLogId } }"
+END = (
+    'mutation($p: ID!, $c: ID!) { endCall(prospectId: $p, callLogId: $c, outcome: "Busy") { id } }'
+)
+
+
+def graphql(client: httpx.Client, query: str, token: str, **variables: object) -> dict:
+    response = client.post(
+        "/graphql",
+        json={"query": query, "variables": variables},
+        headers={"authorization": f"Bearer {token}"} if token else {},
+    )
+    body: dict = response.json()
+    assert not body.get("errors"), body
+    return body["data"]
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("replicas"))
+
+
+async def test_two_processes_see_each_others_events(
+    database_url: str, pool: asyncpg.Pool, data_dir: Path
+) -> None:
+    await create_user(
+        pool,
+        email="floor@test.example",
+        name="Floor",
+        password=PASSWORD,
+        role="manager",
+        bcrypt_rounds=4,
+    )
+    prospects = [
+        await pool.fetchval(
+            "INSERT INTO prospects (name, phone) VALUES ($1, $2) RETURNING id::text",
+            f"Replica {n}",
+            f"+1212555{7000 + n:04d}",
+        )
+        for n in range(2)
+    ]
+    with (
+        serving(data_dir, DATABASE_URL=database_url) as (one, _),
+        serving(data_dir, DATABASE_URL=database_url) as (two, _),
+    ):
+        tokens = [
+            graphql(c, LOGIN, "", e="floor@test.example", p=PASSWORD)["login"]["token"]
+            for c in (one, two)
+        ]
+        apis = [
+            Api(base_url=str(c.base_url).rstrip("/"), client=None, app=None) for c in (one, two)
+        ]
+        async with subscribe(apis[0], tokens[0]) as on_one, subscribe(apis[1], tokens[1]) as on_two:
+            await on_one.next()
+            await on_two.next()
+            # A call started through process two, ended through process one.
+            call = await asyncio.to_thread(graphql, two, START, tokens[1], p=prospects[0])
+            log_id = call["startCall"]["callLogId"]
+            for stream in (on_one, on_two):
+                event = await stream.next()
+                assert (event["type"], event["activeCall"]["callLogId"]) == ("STARTED", log_id)
+            await asyncio.to_thread(graphql, one, END, tokens[0], p=prospects[0], c=log_id)
+            for stream in (on_one, on_two):
+                event = await stream.next()
+                assert (event["type"], event["outcome"]) == ("ENDED", "Busy")
