@@ -37,15 +37,15 @@ class Stream:
     def __init__(self, iterator: AsyncIterator[dict[str, Any]]) -> None:
         self.iterator = iterator
 
-    async def next(self, timeout: float = 10) -> dict[str, Any]:
-        result = await asyncio.wait_for(self.iterator.__anext__(), timeout)
+    async def next(self, within: float = 10) -> dict[str, Any]:
+        result = await asyncio.wait_for(self.iterator.__anext__(), within)
         event: dict[str, Any] = result["activeCallEvents"]
         return event
 
-    async def next_of(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+    async def next_of(self, kind: str, within: float = 10) -> dict[str, Any]:
         """Skip to the next event of a type (e.g. past a resync's SNAPSHOT)."""
         while True:
-            event = await self.next(timeout)
+            event = await self.next(within)
             if event["type"] == kind:
                 return event
 
@@ -156,8 +156,7 @@ async def test_logout_closes_the_socket(api: Api, team: Team) -> None:
         )
         assert (await api.data("mutation { logout }", token=token))["logout"] is True
         with pytest.raises(websockets.ConnectionClosed) as closed:
-            while True:
-                await asyncio.wait_for(socket.recv(), 5)
+            await asyncio.wait_for(drain(socket), 5)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4403
 
@@ -217,6 +216,12 @@ async def test_a_slow_subscriber_gets_a_snapshot_and_never_delays_others(
         assert (await asyncio.wait_for(anext(slow), 5)).type == "SNAPSHOT"
 
 
+async def drain(socket: Any) -> None:
+    """Read until the server closes the socket."""
+    while True:
+        await socket.recv()
+
+
 def uuid_of(number: int) -> Any:
     import uuid
 
@@ -241,7 +246,7 @@ async def test_listener_loss_reconnects_and_resyncs(
         assert await pool.fetchval("SELECT pg_terminate_backend($1)", old_pid)
         # A call started while nobody listens is in the resync snapshot.
         call = await start(api, team.agent["token"], prospect["id"])
-        resync = await stream.next_of("SNAPSHOT", timeout=15)
+        resync = await stream.next_of("SNAPSHOT", within=15)
         assert call["callLogId"] in [c["callLogId"] for c in resync["activeCalls"]]
         assert listener.connection.get_server_pid() != old_pid
         await end(api, team.agent["token"], prospect["id"], call["callLogId"])
