@@ -162,11 +162,11 @@ class Api:
 
 @asynccontextmanager
 async def running_server(
-    settings: Settings, on_connect: ConnectionHook | None = None
+    settings: Settings, on_connect: ConnectionHook | None = None, port: int = 0
 ) -> AsyncIterator[Api]:
-    """Serve the app with uvicorn on a free loopback port in this event loop."""
+    """Serve the app with uvicorn on a loopback port (free by default) in this event loop."""
     app = create_app(settings, settings.database_url or "", on_connect=on_connect)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
