@@ -20,16 +20,20 @@ UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly"
 # Losing the database is expected from time to time: the client hears so, with a code.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
     TimeoutError,
 )
 
 
+# SQLSTATE classes of a server that is going away or refusing work: connection
+# exceptions, operator intervention (shutdown, restart), insufficient resources.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
+
+
 def is_database_unavailable(error: BaseException) -> bool:
     """Whether an error means the database cannot be reached right now."""
+    if isinstance(error, asyncpg.PostgresError):
+        return (error.sqlstate or "")[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     return isinstance(error, _UNAVAILABLE_ERRORS)
 
 

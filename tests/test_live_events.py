@@ -25,7 +25,7 @@ subscription($agent: ID) {
   activeCallEvents(agentId: $agent) {
     type seq outcome
     activeCall { id callLogId prospectId callerId prospectName callerName phoneNumber startedAt }
-    activeCalls { id callLogId callerId prospectName }
+    activeCalls { id callLogId callerId prospectId prospectName }
   }
 }
 """
