@@ -89,9 +89,7 @@ async def test_calls_appear_and_disappear_live(
         call = await start(api, token, second["id"])
         # Back by itself, with what happened meanwhile.
         await page.wait_for_selector("#status[data-state=live]", timeout=20_000)
-        await page.wait_for_selector(
-            f"tr[data-call-log-id='{call['callLogId']}']", timeout=5_000
-        )
+        await page.wait_for_selector(f"tr[data-call-log-id='{call['callLogId']}']", timeout=5_000)
 
 
 async def test_bad_password_shows_an_error(page: Any, api: Api) -> None:
