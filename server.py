@@ -8,6 +8,7 @@ import contextlib
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,10 +25,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 import rest
 from graph.context import Context, Loaders
+from graph.extensions import present_error
 from graph.schema import create_schema
 from resolvers import calls, demo, users
 from resolvers.auth import authenticate, bearer_token, hash_token
@@ -55,6 +59,14 @@ class GraphQLApp(GraphQL[Context, None]):
             request=request,
             response=response,
         )
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        """Errors raised before the operation ran (a cached parse) get their code here."""
+        if result.errors:
+            result.errors = [present_error(error) for error in result.errors]
+        return await super().process_result(request, result)
 
     def decode_json(self, data: str | bytes) -> object:
         """Any undecodable body (not UTF-8, nested too deep) is a 400, like bad JSON."""
@@ -239,17 +251,33 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     if db.embedded is not None:
         asyncio.run(seed_if_empty(settings, db.url))
     print(f"GraphQL and GraphiQL on http://{settings.host}:{settings.port}/graphql", flush=True)
-    uvicorn.run(
-        create_app(settings, db.url),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        proxy_headers=False,
+    print(f"Wallboard on http://{settings.host}:{settings.port}/wallboard", flush=True)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "access_log": settings.access_log,
+        "proxy_headers": False,
         # Pings find dead WebSockets (closed laptops, cut networks) and free them.
-        ws_ping_interval=settings.ws_ping_seconds,
-        ws_ping_timeout=settings.ws_ping_seconds,
-    )
+        "ws_ping_interval": settings.ws_ping_seconds,
+        "ws_ping_timeout": settings.ws_ping_seconds,
+    }
+    if settings.workers > 1:
+        # Each worker is a replica: its own pool, listener and sweep, like another server.
+        os.environ["DATABASE_URL"] = db.url
+        uvicorn.run(
+            "server:app_from_environment", factory=True, workers=settings.workers, **options
+        )
+    else:
+        uvicorn.run(create_app(settings, db.url), **options)
     return 0
+
+
+def app_from_environment() -> Starlette:
+    """The app for a uvicorn worker process: configured from the environment alone."""
+    settings = Settings.from_environment()
+    assert settings.database_url, "workers are started with DATABASE_URL set"
+    return create_app(settings, settings.database_url)
 
 
 def command_migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -64,6 +64,8 @@ class Settings:
     listener_health_seconds: float = 2.0
     ws_ping_seconds: float = 20.0
     allowed_origins: tuple[str, ...] = ()
+    access_log: bool = False
+    workers: int = 1
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -91,6 +93,8 @@ class Settings:
             max_subscriptions_per_connection=_int("MAX_SUBSCRIPTIONS_PER_CONNECTION", 10),
             listener_health_seconds=_float("LISTENER_HEALTH_SECONDS", 2.0),
             ws_ping_seconds=_float("WS_PING_SECONDS", 20.0),
+            access_log=os.environ.get("ACCESS_LOG", "0") in {"1", "true", "yes"},
+            workers=_int("WEB_CONCURRENCY", 1),
             allowed_origins=tuple(
                 origin.strip()
                 for origin in os.environ.get("ALLOWED_ORIGINS", "").split(",")

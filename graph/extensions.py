@@ -62,7 +62,9 @@ def is_expected(error: GraphQLError) -> bool:
 
 
 def present_error(error: GraphQLError) -> GraphQLError:
-    """The error as the client sees it: a code always, internals never."""
+    """The error as the client sees it: a code always, internals never (idempotent)."""
+    if error.extensions and "code" in error.extensions:
+        return error
     code, message, extensions = classify(error)
     return GraphQLError(
         message=message or error.message,

@@ -7,8 +7,15 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from graphql import ASTValidationRule, GraphQLError
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxTokensLimiter,
+    ParserCache,
+    ValidationCache,
+    query_depth_limiter,
+)
+from strawberry.extensions import max_aliases as max_aliases_limiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -44,6 +51,7 @@ from resolvers.errors import BadUserInput, NotFound, parse_id
 from resolvers.prospects import ProspectChanges
 
 DEFAULT_MAX_DEPTH = 10
+MAX_TOKENS = 5000
 DEFAULT_MAX_ALIASES = 30
 
 
@@ -364,10 +372,19 @@ class CallfloorSchema(strawberry.Schema):
 def create_schema(
     max_depth: int = DEFAULT_MAX_DEPTH, max_aliases: int = DEFAULT_MAX_ALIASES
 ) -> strawberry.Schema:
-    """The schema with its limits (depth, aliases) and error handling on."""
+    """The schema with its limits (depth, aliases), caches and error handling on."""
+    # The rule classes are made once: ValidationCache keys on them, so a document seen
+    # before skips parsing and validation entirely.
+    limits: list[type[ASTValidationRule]] = [
+        query_depth_limiter.create_validator(max_depth, should_ignore=None),
+        max_aliases_limiter.create_validator(max_aliases),
+    ]
     extensions: list[Any] = [
-        lambda: QueryDepthLimiter(max_depth=max_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+        # Refuses absurdly long documents before parsing them at all.
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: AddValidationRules(limits),
+        ParserCache,
+        ValidationCache,
         ErrorCodes,
     ]
     return CallfloorSchema(
