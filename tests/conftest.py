@@ -166,7 +166,15 @@ async def running_server(
 ) -> AsyncIterator[Api]:
     """Serve the app with uvicorn on a loopback port (free by default) in this event loop."""
     app = create_app(settings, settings.database_url or "", on_connect=on_connect)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws_ping_interval=settings.ws_ping_seconds,
+        ws_ping_timeout=settings.ws_ping_seconds,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -335,3 +335,30 @@ async def test_managers_release_stale_calls(api: Api, team: Team, pool: asyncpg.
     assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
         "RECENTLY_CALLED"
     )
+
+
+async def test_a_dead_client_is_found_by_pings_and_freed(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    async with running_server(replace(settings, ws_ping_seconds=0.3)) as api:
+        agent = await add_user(pool, api, "gone@test.example", "agent")
+        hub = api.app.state.hub
+        url = api.base_url.replace("http", "ws") + "/graphql"
+        async with websockets.connect(
+            url, subprotocols=["graphql-transport-ws"], ping_interval=None
+        ) as socket:
+            init = {"token": agent["token"]}
+            await socket.send(json.dumps({"type": "connection_init", "payload": init}))
+            assert json.loads(await socket.recv())["type"] == "connection_ack"
+            await socket.send(
+                json.dumps({"id": "1", "type": "subscribe", "payload": {"query": EVENTS}})
+            )
+            await socket.recv()
+            assert len(hub.subscribers) == 1
+            # The client freezes (a closed laptop): it stops reading, so it answers no pings.
+            socket.transport.pause_reading()
+            for _ in range(50):
+                if not hub.subscribers:
+                    break
+                await asyncio.sleep(0.1)
+            assert not hub.subscribers, "the dead client's subscription was never freed"
