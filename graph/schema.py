@@ -21,6 +21,8 @@ from strawberry.types.execution import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from graph.extensions import ErrorCodes, log_errors
+from graph.imports import ImportMutations
+from graph.reports import ReportMutations, ReportQueries
 from graph.types import (
     BIG_INT_SCALAR,
     ActiveCall,
@@ -77,7 +79,7 @@ def _changes(data: CreateProspectInput | UpdateProspectInput) -> ProspectChanges
 
 
 @strawberry.type
-class Query:
+class Query(ReportQueries):
     @strawberry.field(description="The signed-in user.")
     async def viewer(self, info: GraphInfo) -> User:
         actor = await info.context.require_user()
@@ -166,7 +168,7 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(ReportMutations, ImportMutations):
     @strawberry.mutation(description="Exchange credentials for a bearer token.")
     async def login(self, info: GraphInfo, email: str, password: str) -> LoginPayload:
         settings = info.context.settings
