@@ -45,6 +45,7 @@ from graph.types import (
     UpdateProspectInput,
     User,
     active_call_event,
+    prefetch_prospect_fields,
 )
 from resolvers import assignments, calls, prospects, users
 from resolvers.auth import SUPERVISORS, LoginLimits, hash_token, login, logout
@@ -116,6 +117,7 @@ class Query(ReportQueries):
             search=filter.search if filter else None,
             assigned_to=parse_id(assigned_to, "assignedTo") if assigned_to else None,
         )
+        await prefetch_prospect_fields(info, [row["id"] for row in rows])
         edges = [
             ProspectEdge(cursor=prospects.encode_cursor(row), node=Prospect.from_record(row))
             for row in rows
