@@ -20,6 +20,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from graph.dialing import DialingMutations, DialingQueries
 from graph.extensions import ErrorCodes, log_errors
 from graph.imports import ImportMutations
 from graph.reports import ReportMutations, ReportQueries
@@ -50,7 +51,7 @@ from graph.types import (
 from resolvers import assignments, calls, prospects, users
 from resolvers.auth import SUPERVISORS, LoginLimits, hash_token, login, logout
 from resolvers.calls import CallOutcome
-from resolvers.errors import BadUserInput, NotFound, parse_id
+from resolvers.errors import BadUserInput, parse_id
 from resolvers.prospects import ProspectChanges
 
 DEFAULT_MAX_DEPTH = 10
@@ -62,11 +63,14 @@ def _changes(data: CreateProspectInput | UpdateProspectInput) -> ProspectChanges
     """ProspectChanges from an input; for updates, an explicit null clears the field."""
     given = {
         name: value
-        for name in ("name", "phone", "email", "company", "status")
+        for name in ("name", "phone", "email", "company", "status", "time_zone", "priority")
         if (value := getattr(data, name)) is not strawberry.UNSET
     }
-    cleared = tuple(name for name in ("email", "company") if name in given and given[name] is None)
-    for name in ("name", "phone", "status"):
+    clearable = {"email": "email", "company": "company", "time_zone": "timeZone"}
+    cleared = tuple(
+        column for name, column in clearable.items() if name in given and given[name] is None
+    )
+    for name in ("name", "phone", "status", "priority"):
         if isinstance(data, UpdateProspectInput) and name in given and given[name] is None:
             raise BadUserInput(f"{name} cannot be null", field=name)
     return ProspectChanges(
@@ -75,12 +79,14 @@ def _changes(data: CreateProspectInput | UpdateProspectInput) -> ProspectChanges
         email=given.get("email"),
         company=given.get("company"),
         status=given.get("status"),
+        time_zone=given.get("time_zone"),
+        priority=given.get("priority"),
         cleared=cleared,
     )
 
 
 @strawberry.type
-class Query(ReportQueries):
+class Query(ReportQueries, DialingQueries):
     @strawberry.field(description="The signed-in user.")
     async def viewer(self, info: GraphInfo) -> User:
         actor = await info.context.require_user()
@@ -135,18 +141,18 @@ class Query(ReportQueries):
     @strawberry.field(description="Whether the signed-in user may call the prospect now.")
     async def can_call(self, info: GraphInfo, prospect_id: strawberry.ID) -> CallCheck:
         actor = await info.context.require_user()
-        record = await calls.check_call(
+        # An unknown prospect is an error, as in prospect(id) and the REST can-call.
+        rules = await calls.explain_eligibility(
             info.context.pool, actor, parse_id(prospect_id, "prospectId")
         )
-        if record["code"] == "NOT_FOUND":
-            # An unknown prospect is an error, as in prospect(id) and the REST can-call.
-            raise NotFound(record["reason"], field="prospectId")
-        caller = record["last_caller_id"]
+        refusal = calls.first_refusal(rules)
+        caller = rules[0]["last_caller_id"]
         return CallCheck(
-            allowed=record["code"] is None,
-            reason=record["reason"],
-            code=record["code"],
-            last_call_time=record["last_call_time"],
+            allowed=refusal is None,
+            reason=refusal["reason"] if refusal else None,
+            code=refusal["code"] if refusal else None,
+            until=refusal["until"] if refusal else None,
+            last_call_time=rules[0]["last_call_time"],
             last_caller_id=strawberry.ID(str(caller)) if caller else None,
         )
 
@@ -170,7 +176,7 @@ class Query(ReportQueries):
 
 
 @strawberry.type
-class Mutation(ReportMutations, ImportMutations):
+class Mutation(ReportMutations, ImportMutations, DialingMutations):
     @strawberry.mutation(description="Exchange credentials for a bearer token.")
     async def login(self, info: GraphInfo, email: str, password: str) -> LoginPayload:
         settings = info.context.settings
@@ -249,6 +255,7 @@ class Mutation(ReportMutations, ImportMutations):
         duration: int | None = None,
         notes: str | None = None,
         recording_url: str | None = None,
+        callback_at: datetime | None = None,
     ) -> CallLog:
         actor = await info.context.require_user()
         record = await calls.end_call(
@@ -257,7 +264,11 @@ class Mutation(ReportMutations, ImportMutations):
             parse_id(prospect_id, "prospectId"),
             parse_id(call_log_id, "callLogId"),
             CallOutcome(
-                outcome=outcome, duration=duration, notes=notes, recording_url=recording_url
+                outcome=outcome,
+                duration=duration,
+                notes=notes,
+                recording_url=recording_url,
+                callback_at=callback_at,
             ),
         )
         return CallLog.from_record(record)

@@ -271,10 +271,17 @@ class Prospect:
     last_call: datetime | None
     created_at: datetime
     updated_at: datetime
+    time_zone: str | None = strawberry.field(
+        description="The zone set explicitly; null when derived from the phone number."
+    )
+    time_zones: list[str] = strawberry.field(
+        description="The zones whose calling hours apply: the explicit one, else the number's."
+    )
+    priority: int = strawberry.field(description="Higher is offered first by nextLead.")
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Prospect:
-        """A Prospect from a prospects row."""
+        """A Prospect from a prospects row (with its effective time zones)."""
         return cls(
             id=strawberry.ID(str(record["id"])),
             name=record["name"],
@@ -285,6 +292,9 @@ class Prospect:
             last_call=record["last_call"],
             created_at=record["created_at"],
             updated_at=record["updated_at"],
+            time_zone=record.get("time_zone"),
+            time_zones=list(record.get("time_zones") or []),
+            priority=record.get("priority") or 0,
         )
 
     @strawberry.field(
@@ -397,6 +407,9 @@ class CallCheck:
     allowed: bool
     reason: str | None
     code: str | None
+    until: datetime | None = strawberry.field(
+        description="When the refusing rule stops refusing, where that is known."
+    )
     last_call_time: datetime | None
     last_caller_id: strawberry.ID | None
 
@@ -436,6 +449,10 @@ class CreateProspectInput:
     email: str | None = None
     company: str | None = None
     status: str | None = None
+    time_zone: str | None = strawberry.field(
+        default=None, description="IANA zone; by default derived from the phone number."
+    )
+    priority: int | None = None
 
 
 @strawberry.input(description="Only the fields given change; null clears email or company.")
@@ -445,6 +462,8 @@ class UpdateProspectInput:
     email: str | None = strawberry.UNSET
     company: str | None = strawberry.UNSET
     status: str | None = strawberry.UNSET
+    time_zone: str | None = strawberry.UNSET
+    priority: int | None = strawberry.UNSET
 
 
 @strawberry.input

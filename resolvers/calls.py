@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from resolvers.auth import Actor
-from resolvers.errors import BadUserInput, database_errors
+from resolvers.errors import BadUserInput, NotFound, database_errors
 from resolvers.phones import normalize_phone
 from sql.queries import QUERIES
 
@@ -27,6 +28,7 @@ class CallOutcome:
     duration: int | None = None
     notes: str | None = None
     recording_url: str | None = None
+    callback_at: datetime | None = None
 
     def validate(self) -> None:
         """BAD_USER_INPUT for values no call can have (the database checks them too)."""
@@ -45,11 +47,21 @@ class CallOutcome:
                 raise BadUserInput("recordingUrl must be an http(s) URL", field="recordingUrl")
 
 
-async def check_call(pool: asyncpg.Pool, actor: Actor, prospect_id: UUID) -> asyncpg.Record:
-    """Why the actor may not call the prospect now (code NULL when they may)."""
-    record = await pool.fetchrow(QUERIES["call_refusal"], prospect_id, actor.id)
-    assert record is not None
-    return record
+async def explain_eligibility(
+    pool: asyncpg.Pool, actor: Actor, prospect_id: UUID, at: datetime | None = None
+) -> list[asyncpg.Record]:
+    """Every call rule, in order, and whether it blocks the actor now (or at `at`)."""
+    rules = await pool.fetch(QUERIES["call_eligibility"], prospect_id, actor.id, at)
+    if rules and rules[0]["code"] == "NOT_FOUND":
+        raise NotFound("Prospect not found", field="prospectId")
+    return list(rules)
+
+
+def first_refusal(rules: list[asyncpg.Record], *, queue: bool = False) -> asyncpg.Record | None:
+    """The rule that refuses a call (queue-only rules count for nextLead), or None."""
+    return next(
+        (rule for rule in rules if rule["blocking"] and (queue or not rule["queue_only"])), None
+    )
 
 
 async def can_call_prospect(pool: asyncpg.Pool, actor: Actor, prospect_id: UUID) -> object:
@@ -91,6 +103,7 @@ async def end_call(
             result.duration,
             result.notes,
             result.recording_url,
+            result.callback_at,
         )
     assert record is not None
     return record

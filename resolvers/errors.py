@@ -87,6 +87,14 @@ _CONSTRAINTS: dict[str, tuple[type[DomainError], str, str | None]] = {
     "prospects_phone_key": (Conflict, "A prospect with this phone number already exists", "phone"),
     "users_email_key": (Conflict, "A user with this email already exists", "email"),
     "prospects_status_fkey": (BadUserInput, "Unknown status", "status"),
+    "dispositions_sets_status_fkey": (BadUserInput, "Unknown status", "setsStatus"),
+    "do_not_call_scope_length": (BadUserInput, "Scope must be at most 64 characters", "scope"),
+    "do_not_call_reason_length": (BadUserInput, "Reason must be at most 500 characters", "reason"),
+    "do_not_call_removal_reason_length": (
+        BadUserInput,
+        "Reason must be at most 500 characters",
+        "reason",
+    ),
     "prospects_name_length": (BadUserInput, "Name must be 1 to 200 characters", "name"),
     "prospects_email_format": (BadUserInput, "Email is not a valid address", "email"),
     "prospects_company_length": (BadUserInput, "Company must be at most 200 characters", "company"),
@@ -112,6 +120,13 @@ _RULE_CODES = {
     "RECENTLY_CALLED",
     "ASSIGNED_TO_OTHER_AGENT",
     "CALL_NOT_ACTIVE",
+    "DO_NOT_CALL",
+    "OUTSIDE_CALLING_HOURS",
+    "MAX_ATTEMPTS_REACHED",
+    "CALLBACK_RESERVED",
+    "PROSPECT_CLOSED",
+    "RECYCLE_DELAY",
+    "CALLBACK_NOT_DUE",
 }
 
 

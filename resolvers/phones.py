@@ -25,3 +25,11 @@ def phone_digits(text: str) -> str | None:
     """The digits of a search text when it looks like part of a phone number."""
     digits = "".join(ch for ch in text if ch.isdigit())
     return digits if len(digits) >= 3 and len(digits) >= len(text.strip()) // 2 else None
+
+
+def phone_time_zones(e164: str) -> list[str]:
+    """The IANA zones a number may ring in (several where it spans zones), or none known."""
+    from phonenumbers import timezone
+
+    zones = timezone.time_zones_for_number(phonenumbers.parse(e164))
+    return [zone for zone in zones if zone != timezone.UNKNOWN_TIMEZONE]

@@ -14,7 +14,7 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput, NotFound, database_errors
-from resolvers.phones import normalize_phone, phone_digits
+from resolvers.phones import normalize_phone, phone_digits, phone_time_zones
 from sql.queries import QUERIES
 
 MAX_PAGE_SIZE = 100
@@ -30,6 +30,8 @@ class ProspectChanges:
     email: str | None = None
     company: str | None = None
     status: str | None = None
+    time_zone: str | None = None
+    priority: int | None = None
     cleared: tuple[str, ...] = ()
 
 
@@ -100,6 +102,18 @@ def _clean_text(value: str | None) -> str | None:
     return value.strip() if value is not None else None
 
 
+async def check_time_zone(pool: asyncpg.Pool, time_zone: str | None) -> None:
+    """BAD_USER_INPUT unless the zone is an IANA name the database knows."""
+    if time_zone is not None and not await pool.fetchval(QUERIES["time_zone_exists"], time_zone):
+        raise BadUserInput("timeZone is not a known IANA time zone", field="timeZone")
+
+
+def check_priority(priority: int | None) -> None:
+    """BAD_USER_INPUT for priorities outside -1000..1000."""
+    if priority is not None and not -1000 <= priority <= 1000:
+        raise BadUserInput("priority must be between -1000 and 1000", field="priority")
+
+
 async def create_prospect(
     pool: asyncpg.Pool, actor: Actor, changes: ProspectChanges, phone_region: str
 ) -> asyncpg.Record:
@@ -107,6 +121,8 @@ async def create_prospect(
     if changes.name is None or changes.phone is None:
         raise BadUserInput("name and phone are required")
     phone = normalize_phone(changes.phone, phone_region)
+    check_priority(changes.priority)
+    await check_time_zone(pool, changes.time_zone)
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute("SELECT set_config('app.user_id', $1, true)", str(actor.id))
         with database_errors():
@@ -117,6 +133,9 @@ async def create_prospect(
                 _clean_text(changes.email) or None,
                 _clean_text(changes.company) or None,
                 changes.status,
+                changes.time_zone,
+                phone_time_zones(phone),
+                changes.priority,
             )
     assert record is not None
     return record
@@ -132,6 +151,8 @@ async def update_prospect(
     """The prospect after applying changes; the status trigger logs who changed it."""
     phone = normalize_phone(changes.phone, phone_region) if changes.phone is not None else None
     name = _clean_text(changes.name)
+    check_priority(changes.priority)
+    await check_time_zone(pool, changes.time_zone)
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute("SELECT set_config('app.user_id', $1, true)", str(actor.id))
         with database_errors():
@@ -144,6 +165,9 @@ async def update_prospect(
                 _clean_text(changes.company),
                 changes.status,
                 list(changes.cleared),
+                changes.time_zone,
+                phone_time_zones(phone) if phone is not None else None,
+                changes.priority,
             )
     if record is None:
         raise NotFound("Prospect not found", field="id")

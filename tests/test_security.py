@@ -123,6 +123,36 @@ def guarded_operations(
             CREATE_USER,
             {"input": {"email": "new@test.example", "password": PASSWORD, "role": "admin"}},
         ),
+        "explainEligibility": (
+            "query($id: ID!) { explainEligibility(prospectId: $id) { callable } }",
+            {"id": prospect_id},
+        ),
+        "doNotCallEntries": ("{ doNotCallEntries { id } }", {}),
+        "callingHours": ("{ callingHours { weekday } }", {}),
+        "dialingRules": ("{ dialingRules { maxAttemptsTotal } }", {}),
+        "callbacks": ("{ callbacks { id } }", {}),
+        "dispositionRules": ("{ dispositionRules { name } }", {}),
+        "nextLead": ("mutation { nextLead { nothingCallable } }", {}),
+        "scheduleCallback": (
+            "mutation($id: ID!) {"
+            ' scheduleCallback(prospectId: $id, at: "2999-01-01T15:00:00Z") { id } }',
+            {"id": prospect_id},
+        ),
+        "addDoNotCall": ('mutation { addDoNotCall(phone: "212-555-0199") { id } }', {}),
+        "removeDoNotCall": ('mutation { removeDoNotCall(phone: "212-555-0199") }', {}),
+        "setCallingHours": (
+            'mutation { setCallingHours(hours: [{weekday: 1, opensAt: "09:00",'
+            ' closesAt: "17:00"}]) { weekday } }',
+            {},
+        ),
+        "updateDialingRules": (
+            "mutation { updateDialingRules(input: {maxAttemptsPerDay: 4}) { maxAttemptsPerDay } }",
+            {},
+        ),
+        "updateDisposition": (
+            'mutation { updateDisposition(name: "Busy", input: {isFinal: false}) { name } }',
+            {},
+        ),
     }
 
 

@@ -1,8 +1,10 @@
 -- Calls: checks, starts, ends, histories and the active-call board.
 
--- name: call_refusal
--- Why the caller may not call now (NULL code when they may). $1 prospect id, $2 caller id.
-SELECT code, reason, last_call_time, last_caller_id FROM call_refusal($1, $2);
+-- name: call_eligibility
+-- Every call rule for this caller and prospect, in order, at $3 (now when NULL).
+-- $1 prospect id, $2 caller id, $3 instant to judge at.
+SELECT rule_order, code, blocking, queue_only, until, reason, last_call_time, last_caller_id
+FROM call_eligibility($1, $2, NULL, coalesce($3::timestamptz, now()));
 
 -- name: can_call_prospect
 -- The seed's JSON answer. $1 prospect id, $2 caller id.
@@ -15,10 +17,10 @@ FROM start_call($1, $2, $3, $4);
 
 -- name: end_call
 -- End a call atomically. $1 prospect id, $2 call log id, $3 acting user, $4 outcome,
--- $5 duration, $6 notes, $7 recording URL.
+-- $5 duration, $6 notes, $7 recording URL, $8 callback time or NULL.
 SELECT id, prospect_id, caller_id, phone_number, from_number, started_at, ended_at,
        outcome, duration, notes, recording_url
-FROM end_call($1, $2, $3, $4, $5, $6, $7);
+FROM end_call($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: call_history_for_prospects
 -- The newest calls of each prospect, newest first. $1 uuid[], $2 per-prospect limit.
@@ -70,4 +72,6 @@ SELECT expire_active_calls(now() - make_interval(secs => $1));
 
 -- name: list_dispositions
 -- The outcomes a call can end with, in display order.
-SELECT name, sets_status FROM dispositions ORDER BY position, name;
+SELECT name, sets_status, counts_as_contact, is_final, adds_to_do_not_call, schedules_callback,
+       extract(epoch FROM recycle_delay)::int AS recycle_delay_seconds
+FROM dispositions ORDER BY position, name;

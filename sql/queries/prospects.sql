@@ -2,12 +2,14 @@
 
 -- name: prospect_by_id
 -- One prospect or no row. $1 prospect id.
-SELECT id, name, phone, email, company, status, last_call, created_at, updated_at
+SELECT id, name, phone, email, company, status, last_call, created_at, updated_at,
+       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones
 FROM prospects WHERE id = $1;
 
 -- name: prospects_by_ids
 -- Prospects by id, for the DataLoader. $1 uuid[].
-SELECT id, name, phone, email, company, status, last_call, created_at, updated_at
+SELECT id, name, phone, email, company, status, last_call, created_at, updated_at,
+       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones
 FROM prospects WHERE id = ANY($1::uuid[]);
 
 -- name: prospects_page
@@ -15,7 +17,8 @@ FROM prospects WHERE id = ANY($1::uuid[]);
 -- $1 status or NULL, $2 search text or NULL, $3 assigned agent or NULL,
 -- $4 cursor created_at or NULL, $5 cursor id or NULL, $6 page size + 1,
 -- $7 phone digits to match or NULL.
-SELECT p.id, p.name, p.phone, p.email, p.company, p.status, p.last_call, p.created_at, p.updated_at
+SELECT p.id, p.name, p.phone, p.email, p.company, p.status, p.last_call, p.created_at, p.updated_at,
+       p.time_zone, p.priority, prospect_time_zones(p.time_zone, p.phone_time_zones) AS time_zones
 FROM prospects p
 WHERE ($1::text IS NULL OR p.status = $1)
   AND ($2::text IS NULL
@@ -32,22 +35,29 @@ ORDER BY p.created_at DESC, p.id DESC
 LIMIT $6;
 
 -- name: insert_prospect
--- A new prospect. $1 name, $2 E.164 phone, $3 email, $4 company, $5 status or NULL for the default.
-INSERT INTO prospects (name, phone, email, company, status)
-VALUES ($1, $2, $3, $4, coalesce($5, 'New'))
-RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at;
+-- A new prospect. $1 name, $2 E.164 phone, $3 email, $4 company, $5 status or NULL for the
+-- default, $6 explicit time zone or NULL, $7 the phone's time zones, $8 priority or NULL.
+INSERT INTO prospects (name, phone, email, company, status, time_zone, phone_time_zones, priority)
+VALUES ($1, $2, $3, $4, coalesce($5, 'New'), $6, $7, coalesce($8, 0))
+RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at,
+       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones;
 
 -- name: update_prospect
 -- Change the given fields (NULL keeps a field; $7 lists the fields to clear). $1 id,
--- $2 name, $3 phone, $4 email, $5 company, $6 status, $7 text[] of cleared fields.
+-- $2 name, $3 phone, $4 email, $5 company, $6 status, $7 text[] of cleared fields,
+-- $8 explicit time zone, $9 the new phone's time zones (with $3), $10 priority.
 UPDATE prospects SET
     name = coalesce($2, name),
     phone = coalesce($3, phone),
     email = CASE WHEN 'email' = ANY($7::text[]) THEN NULL ELSE coalesce($4, email) END,
     company = CASE WHEN 'company' = ANY($7::text[]) THEN NULL ELSE coalesce($5, company) END,
-    status = coalesce($6, status)
+    status = coalesce($6, status),
+    time_zone = CASE WHEN 'timeZone' = ANY($7::text[]) THEN NULL ELSE coalesce($8, time_zone) END,
+    phone_time_zones = coalesce($9, phone_time_zones),
+    priority = coalesce($10, priority)
 WHERE id = $1
-RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at;
+RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at,
+       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones;
 
 -- name: status_history_for_prospects
 -- The newest status changes of each prospect, newest first. $1 uuid[], $2 per-prospect limit.
@@ -66,6 +76,10 @@ SELECT la.id, la.prospect_id, la.agent_id, la.assigned_by, la.assigned_at, la.ex
 FROM lead_assignments la
 WHERE la.prospect_id = ANY($1::uuid[]) AND la.active
   AND (la.expires_at IS NULL OR la.expires_at > now());
+
+-- name: time_zone_exists
+-- Whether the database knows an IANA time zone. $1 zone name.
+SELECT EXISTS (SELECT 1 FROM time_zones WHERE name = $1);
 
 -- name: status_exists
 -- Whether a status name is known. $1 status.

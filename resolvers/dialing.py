@@ -1,0 +1,231 @@
+"""Dialing rules: the next lead, Do-Not-Call, calling hours, caps, callbacks, outcomes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, time
+from uuid import UUID
+
+import asyncpg
+
+from resolvers.auth import Actor
+from resolvers.errors import BadUserInput, CallRuleRefusal, NotFound, database_errors
+from resolvers.phones import normalize_phone
+from sql.queries import QUERIES
+
+MAX_LIST = 500
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+
+
+@dataclass(frozen=True)
+class NextLead:
+    """The call nextLead started, or the counts of what holds prospects back."""
+
+    call: asyncpg.Record | None
+    held_back: list[asyncpg.Record]
+
+
+async def next_lead(pool: asyncpg.Pool, actor: Actor) -> NextLead:
+    """Start a call on the best callable prospect for the actor, or say why none is."""
+    with database_errors():
+        call = await pool.fetchrow(QUERIES["next_lead"], actor.id)
+    if call is not None:
+        return NextLead(call=call, held_back=[])
+    return NextLead(call=None, held_back=list(await pool.fetch(QUERIES["queue_holds"], actor.id)))
+
+
+async def add_do_not_call(
+    pool: asyncpg.Pool,
+    actor: Actor,
+    *,
+    phone: str,
+    region: str,
+    reason: str | None,
+    scope: str | None,
+    expires_at: datetime | None,
+) -> asyncpg.Record:
+    """List a number (E.164); listing a listed number returns its entry."""
+    number = normalize_phone(phone, region)
+    if expires_at is not None and expires_at <= datetime.now(expires_at.tzinfo):
+        raise BadUserInput("expiresAt must be in the future", field="expiresAt")
+    with database_errors():
+        record = await pool.fetchrow(
+            QUERIES["add_do_not_call"], number, scope, "api", reason, expires_at, actor.id
+        )
+    assert record is not None
+    return record
+
+
+async def remove_do_not_call(
+    pool: asyncpg.Pool, actor: Actor, *, phone: str, region: str, reason: str | None
+) -> bool:
+    """Take a number off the list (the entry stays, marked removed); False if not listed."""
+    number = normalize_phone(phone, region)
+    with database_errors():
+        return (
+            await pool.fetchval(QUERIES["remove_do_not_call"], number, actor.id, reason) is not None
+        )
+
+
+async def list_do_not_call(
+    pool: asyncpg.Pool, *, phone: str | None, region: str, include_removed: bool, first: int
+) -> list[asyncpg.Record]:
+    """Listed numbers, newest first."""
+    if not 1 <= first <= MAX_LIST:
+        raise BadUserInput(f"first must be between 1 and {MAX_LIST}", field="first")
+    number = normalize_phone(phone, region) if phone else None
+    return list(await pool.fetch(QUERIES["list_do_not_call"], number, include_removed, first))
+
+
+def parse_clock(value: str, field: str) -> time:
+    """'HH:MM' (or '24:00' for the end of the day) as a time."""
+    if not _CLOCK.match(value):
+        raise BadUserInput(f"{field} must be HH:MM", field=field)
+    if value == "24:00":
+        return time.max
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+async def set_calling_hours(
+    pool: asyncpg.Pool, week: list[tuple[int, str, str]]
+) -> list[asyncpg.Record]:
+    """Replace the calling window; weekdays left out are closed."""
+    weekdays = [day for day, _, _ in week]
+    if len(set(weekdays)) != len(weekdays) or not all(0 <= day <= 6 for day in weekdays):
+        raise BadUserInput("weekdays must be distinct, 0 (Sunday) to 6", field="weekday")
+    opens = [parse_clock(opens_at, "opensAt") for _, opens_at, _ in week]
+    closes = [parse_clock(closes_at, "closesAt") for _, _, closes_at in week]
+    if any(o >= c for o, c in zip(opens, closes, strict=True)):
+        raise BadUserInput("opensAt must be before closesAt", field="closesAt")
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(QUERIES["replace_calling_hours"], weekdays, opens, closes)
+        return list(await connection.fetch(QUERIES["calling_hours"]))
+
+
+async def calling_hours(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """The calling window per weekday."""
+    return list(await pool.fetch(QUERIES["calling_hours"]))
+
+
+async def dialing_rules(pool: asyncpg.Pool) -> asyncpg.Record:
+    """The caps, callback grace and default zone."""
+    record = await pool.fetchrow(QUERIES["dialing_rules"])
+    assert record is not None
+    return record
+
+
+@dataclass(frozen=True)
+class RuleChanges:
+    """Settings to change; None keeps one."""
+
+    max_attempts_total: int | None = None
+    max_attempts_per_day: int | None = None
+    max_attempts_per_number_24h: int | None = None
+    callback_grace_seconds: int | None = None
+    default_time_zone: str | None = None
+
+
+async def update_dialing_rules(pool: asyncpg.Pool, changes: RuleChanges) -> asyncpg.Record:
+    """Change the caps, grace or default zone."""
+    for name in ("max_attempts_total", "max_attempts_per_day", "max_attempts_per_number_24h"):
+        value = getattr(changes, name)
+        if value is not None and not 1 <= value <= 1_000_000:
+            raise BadUserInput(f"{name} must be between 1 and 1000000", field=name)
+    grace = changes.callback_grace_seconds
+    if grace is not None and not 0 <= grace <= 7 * 86_400:
+        raise BadUserInput("callbackGraceSeconds must be 0 to 604800", field="callbackGraceSeconds")
+    if changes.default_time_zone is not None and not await pool.fetchval(
+        QUERIES["time_zone_exists"], changes.default_time_zone
+    ):
+        raise BadUserInput("defaultTimeZone is not a known IANA zone", field="defaultTimeZone")
+    with database_errors():
+        record = await pool.fetchrow(
+            QUERIES["update_dialing_rules"],
+            changes.max_attempts_total,
+            changes.max_attempts_per_day,
+            changes.max_attempts_per_number_24h,
+            grace,
+            changes.default_time_zone,
+        )
+    assert record is not None
+    return record
+
+
+async def schedule_callback(
+    pool: asyncpg.Pool,
+    actor: Actor,
+    prospect_id: UUID,
+    at: datetime,
+    *,
+    mine: bool,
+    move_to_next_window: bool,
+) -> asyncpg.Record:
+    """A callback at `at` in the prospect's calling hours (or moved to the next window)."""
+    if at <= datetime.now(at.tzinfo):
+        raise BadUserInput("at must be in the future", field="at")
+    window = await pool.fetchrow(QUERIES["calling_window_for_prospect"], prospect_id, at)
+    if window is None:
+        raise NotFound("Prospect not found", field="prospectId")
+    due = at
+    if not window["is_open"]:
+        if not move_to_next_window or window["next_open"] is None:
+            raise CallRuleRefusal(
+                "OUTSIDE_CALLING_HOURS",
+                "The callback falls outside the prospect's calling hours",
+                until=window["next_open"].isoformat() if window["next_open"] else None,
+            )
+        due = window["next_open"]
+    with database_errors():
+        record = await pool.fetchrow(
+            QUERIES["insert_callback"], prospect_id, due, actor.id if mine else None, actor.id
+        )
+    assert record is not None
+    return record
+
+
+async def open_callbacks(
+    pool: asyncpg.Pool, agent_id: UUID | None, first: int
+) -> list[asyncpg.Record]:
+    """Callbacks not yet taken, soonest first."""
+    if not 1 <= first <= MAX_LIST:
+        raise BadUserInput(f"first must be between 1 and {MAX_LIST}", field="first")
+    return list(await pool.fetch(QUERIES["open_callbacks"], agent_id, first))
+
+
+@dataclass(frozen=True)
+class DispositionChanges:
+    """What an outcome means; None keeps a field; recycle_delay_seconds -1 clears it."""
+
+    sets_status: str | None = None
+    counts_as_contact: bool | None = None
+    is_final: bool | None = None
+    adds_to_do_not_call: bool | None = None
+    schedules_callback: bool | None = None
+    recycle_delay_seconds: int | None = None
+
+
+async def update_disposition(
+    pool: asyncpg.Pool, name: str, changes: DispositionChanges
+) -> asyncpg.Record:
+    """Change what an outcome means."""
+    delay = changes.recycle_delay_seconds
+    if delay is not None and not -1 <= delay <= 365 * 86_400:
+        raise BadUserInput(
+            "recycleDelaySeconds must be -1 (none) to a year", field="recycleDelaySeconds"
+        )
+    with database_errors():
+        record = await pool.fetchrow(
+            QUERIES["update_disposition"],
+            name,
+            changes.sets_status,
+            changes.counts_as_contact,
+            changes.is_final,
+            changes.adds_to_do_not_call,
+            changes.schedules_callback,
+            delay,
+        )
+    if record is None:
+        raise NotFound("Unknown outcome", field="name")
+    return record

@@ -1,0 +1,377 @@
+"""The dialing rules: next lead, Do-Not-Call, calling hours, caps, callbacks, assignments."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from conftest import Api, Team, add_prospect
+from test_call_rules import START_CALL, end, start
+
+NEXT_LEAD = """
+mutation {
+  nextLead {
+    nothingCallable callLogId
+    prospect { id name phone }
+    activeCall { callerId prospectId }
+    heldBack { code prospects }
+  }
+}
+"""
+EXPLAIN = """
+query($p: ID!, $at: DateTime) {
+  explainEligibility(prospectId: $p, at: $at) {
+    callable callableByNextLead
+    rules { code blocking queueOnly until reason }
+  }
+}
+"""
+_numbers = itertools.count(3000)
+
+
+def nyc_phone() -> str:
+    """A fresh New York number (America/New_York)."""
+    return f"+1 212 555 {next(_numbers) % 10000:04d}"
+
+
+@pytest.fixture
+async def default_rules(pool: asyncpg.Pool) -> None:
+    """The production defaults for hours and caps (the shared template opens everything)."""
+    await pool.execute(
+        """
+        UPDATE calling_hours SET opens_at = '08:00', closes_at = '21:00';
+        UPDATE dialing_rules SET max_attempts_total = 12, max_attempts_per_day = 3,
+                                 max_attempts_per_number_24h = 3;
+        """
+    )
+
+
+async def next_lead(api: Api, token: str) -> dict[str, Any]:
+    data = await api.data(NEXT_LEAD, token=token)
+    result: dict[str, Any] = data["nextLead"]
+    return result
+
+
+async def explain(api: Api, token: str, prospect_id: str, at: str | None = None) -> dict[str, Any]:
+    data = await api.data(EXPLAIN, {"p": prospect_id, "at": at}, token)
+    result: dict[str, Any] = data["explainEligibility"]
+    return result
+
+
+def blocking(eligibility: dict[str, Any]) -> list[str]:
+    return [rule["code"] for rule in eligibility["rules"] if rule["blocking"]]
+
+
+async def test_next_lead_starts_a_call_on_the_best_prospect(api: Api, team: Team) -> None:
+    low = await add_prospect(api, team.manager["token"], nyc_phone(), name="Low")
+    high = await api.data(
+        "mutation($i: CreateProspectInput!) { createProspect(input: $i) { id } }",
+        {"i": {"name": "High", "phone": nyc_phone(), "priority": 5}},
+        team.manager["token"],
+    )
+    lead = await next_lead(api, team.agent["token"])
+    assert lead["nothingCallable"] is False
+    assert lead["prospect"]["id"] == high["createProspect"]["id"]
+    assert lead["activeCall"]["callerId"] == team.agent["id"]
+    second = await next_lead(api, team.agents[1]["token"])
+    assert second["prospect"]["id"] == low["id"]
+    third = await next_lead(api, team.agents[1]["token"])
+    assert third["nothingCallable"] is True
+    held = {h["code"]: h["prospects"] for h in third["heldBack"]}
+    assert held["ALREADY_IN_CALL"] == 2
+
+
+async def test_do_not_call_blocks_every_path_and_a_disposition_adds_to_it(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    listed = await add_prospect(api, team.manager["token"], "(212) 555-0777")
+    await api.data(
+        'mutation { addDoNotCall(phone: "+1 212 555 0777", reason: "asked") { phone source } }',
+        token=team.manager["token"],
+    )
+    assert (
+        await api.error_code(START_CALL, {"p": listed["id"]}, team.agent["token"]) == "DO_NOT_CALL"
+    )
+    rest = await api.client.post(
+        f"/api/prospects/{listed['id']}/start-call",
+        json={},
+        headers={"authorization": f"Bearer {team.agent['token']}"},
+    )
+    assert (rest.status_code, rest.json()["code"]) == (409, "DO_NOT_CALL")
+    lead = await next_lead(api, team.agent["token"])
+    assert lead["nothingCallable"] is True
+    assert {"code": "DO_NOT_CALL", "prospects": 1} in lead["heldBack"]
+
+    # A "Do Not Call" outcome lists the number in the same transaction.
+    other = await add_prospect(api, team.manager["token"], nyc_phone())
+    call = await start(api, team.agent["token"], other["id"])
+    await end(api, team.agent["token"], other["id"], call["callLogId"], "Do Not Call")
+    listed_phones = await pool.fetch(
+        "SELECT phone, source FROM do_not_call WHERE removed_at IS NULL"
+    )
+    assert {(r["phone"], r["source"]) for r in listed_phones} == {
+        ("+12125550777", "api"),
+        (other["phone"], "disposition"),
+    }
+    # Removing is audited: the entry stays, marked removed, and calling works again.
+    removed = await api.data(
+        'mutation { removeDoNotCall(phone: "212-555-0777", reason: "consented") }',
+        token=team.manager["token"],
+    )
+    assert removed["removeDoNotCall"] is True
+    row = await pool.fetchrow(
+        "SELECT removed_by, removal_reason FROM do_not_call WHERE phone = '+12125550777'"
+    )
+    assert (str(row["removed_by"]), row["removal_reason"]) == (team.manager["id"], "consented")
+    await start(api, team.agent["token"], listed["id"])
+
+
+async def test_outside_calling_hours_with_the_next_opening(
+    api: Api, team: Team, pool: asyncpg.Pool, default_rules: None
+) -> None:
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    # 03:00 in New York on a Wednesday in winter (EST, UTC-5) is 08:00 UTC.
+    at = "2027-01-13T08:00:00+00:00"
+    result = await explain(api, team.agent["token"], prospect["id"], at)
+    hours = next(r for r in result["rules"] if r["code"] == "OUTSIDE_CALLING_HOURS")
+    assert hours["blocking"] is True
+    assert hours["until"] == "2027-01-13T13:00:00+00:00"  # 08:00 EST
+    noon = await explain(api, team.agent["token"], prospect["id"], "2027-01-13T17:00:00+00:00")
+    assert "OUTSIDE_CALLING_HOURS" not in blocking(noon)
+
+
+async def test_daylight_saving_moves_the_window_in_utc(
+    api: Api, team: Team, default_rules: None
+) -> None:
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    # New York opens at 08:00 local: 13:00 UTC in winter, 12:00 UTC in summer.
+    # DST begins 2027-03-14; 12:30 UTC is 07:30 EST on the 13th and 08:30 EDT on the 15th.
+    before = await explain(api, team.agent["token"], prospect["id"], "2027-03-13T12:30:00+00:00")
+    after = await explain(api, team.agent["token"], prospect["id"], "2027-03-15T12:30:00+00:00")
+    assert "OUTSIDE_CALLING_HOURS" in blocking(before)
+    assert "OUTSIDE_CALLING_HOURS" not in blocking(after)
+    opening = next(r for r in before["rules"] if r["code"] == "OUTSIDE_CALLING_HOURS")["until"]
+    assert opening == "2027-03-13T13:00:00+00:00"
+
+
+async def test_a_number_spanning_zones_gets_only_the_hours_allowed_in_all(
+    api: Api, team: Team, default_rules: None
+) -> None:
+    # +1 208 spans America/Boise (Mountain) and America/Los_Angeles (Pacific).
+    idaho = await add_prospect(api, team.manager["token"], "+1 208 555 0142", name="Idaho")
+    data = await api.data(
+        "query($p: ID!) { prospect(id: $p) { timeZones } }", {"p": idaho["id"]}, team.agent["token"]
+    )
+    assert sorted(data["prospect"]["timeZones"]) == ["America/Boise", "America/Los_Angeles"]
+    # Winter: 08:30 Mountain is 07:30 Pacific (closed); 08:30 Pacific is 09:30 Mountain.
+    early = await explain(api, team.agent["token"], idaho["id"], "2027-01-13T15:30:00+00:00")
+    assert "OUTSIDE_CALLING_HOURS" in blocking(early)
+    hours = next(r for r in early["rules"] if r["code"] == "OUTSIDE_CALLING_HOURS")
+    assert hours["until"] == "2027-01-13T16:00:00+00:00"  # 08:00 Pacific
+    # 20:30 Pacific is 21:30 Mountain: closed there, so closed.
+    late = await explain(api, team.agent["token"], idaho["id"], "2027-01-14T04:30:00+00:00")
+    assert "OUTSIDE_CALLING_HOURS" in blocking(late)
+    # An explicit zone overrides the number's.
+    await api.data(
+        "mutation($p: ID!) {"
+        ' updateProspect(id: $p, input: {timeZone: "America/Los_Angeles"}) { id } }',
+        {"p": idaho["id"]},
+        team.manager["token"],
+    )
+    early_again = await explain(api, team.agent["token"], idaho["id"], "2027-01-13T16:30:00+00:00")
+    assert "OUTSIDE_CALLING_HOURS" not in blocking(early_again)
+
+
+async def test_attempt_caps_at_their_boundaries(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        "UPDATE dialing_rules SET max_attempts_per_day = 2, max_attempts_total = 3,"
+        " max_attempts_per_number_24h = 100"
+    )
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    for _ in range(2):
+        call = await start(api, team.agent["token"], prospect["id"])
+        await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Busy")
+        await pool.execute("UPDATE call_logs SET started_at = started_at - interval '10 minutes'")
+    assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
+        "MAX_ATTEMPTS_REACHED"
+    )
+    # Yesterday's attempts no longer count for today; the total cap then holds at 3.
+    await pool.execute("UPDATE call_logs SET started_at = started_at - interval '2 days'")
+    call = await start(api, team.agent["token"], prospect["id"])
+    await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Busy")
+    await pool.execute("UPDATE call_logs SET started_at = started_at - interval '2 days'")
+    result = await explain(api, team.agent["token"], prospect["id"])
+    reasons = [r["reason"] for r in result["rules"] if r["blocking"] and not r["queueOnly"]]
+    assert reasons == ["Prospect reached 3 attempts in total"]
+
+
+async def test_rolling_cap_per_number(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    await pool.execute("UPDATE dialing_rules SET max_attempts_per_number_24h = 2")
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    for _ in range(2):
+        call = await start(api, team.agent["token"], prospect["id"])
+        await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Busy")
+        await pool.execute("UPDATE call_logs SET started_at = started_at - interval '6 hours'")
+    assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
+        "MAX_ATTEMPTS_REACHED"
+    )
+    await pool.execute("UPDATE call_logs SET started_at = started_at - interval '13 hours'")
+    await start(api, team.agent["token"], prospect["id"])  # the older one left the window
+
+
+async def test_final_and_recycled_prospects_leave_the_queue_but_not_manual_dial(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    closed = await add_prospect(api, team.manager["token"], nyc_phone(), name="Closed")
+    recycled = await add_prospect(api, team.manager["token"], nyc_phone(), name="Recycled")
+    for prospect, outcome in ((closed, "Not Interested"), (recycled, "No Answer")):
+        call = await start(api, team.agent["token"], prospect["id"])
+        await end(api, team.agent["token"], prospect["id"], call["callLogId"], outcome)
+    await pool.execute("UPDATE call_logs SET started_at = started_at - interval '1 hour'")
+    await pool.execute("UPDATE prospects SET last_call = last_call - interval '1 hour'")
+    lead = await next_lead(api, team.agent["token"])
+    assert lead["nothingCallable"] is True
+    held = {h["code"]: h["prospects"] for h in lead["heldBack"]}
+    assert held["PROSPECT_CLOSED"] == 1
+    assert held["RECYCLE_DELAY"] == 1
+    result = await explain(api, team.agent["token"], recycled["id"])
+    assert result["callable"] is True
+    assert result["callableByNextLead"] is False
+    await pool.execute("UPDATE prospects SET recycle_until = now() - interval '1 second'")
+    assert (await next_lead(api, team.agent["token"]))["prospect"]["id"] == recycled["id"]
+
+
+async def test_callbacks_come_first_and_fall_back_after_the_grace(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    await add_prospect(api, team.manager["token"], nyc_phone(), name="Pool")
+    wanted = await add_prospect(api, team.manager["token"], nyc_phone(), name="Wanted")
+    due = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    scheduled = await api.data(
+        "mutation($p: ID!, $at: DateTime!) {"
+        " scheduleCallback(prospectId: $p, at: $at) { agentId dueAt } }",
+        {"p": wanted["id"], "at": due},
+        team.agents[0]["token"],
+    )
+    assert scheduled["scheduleCallback"]["agentId"] == team.agents[0]["id"]
+    # Not due yet: the pool prospect comes first, the callback prospect is held back.
+    other = await next_lead(api, team.agents[1]["token"])
+    assert other["prospect"]["name"] == "Pool"
+    # Due: reserved for its agent during the grace period.
+    await pool.execute("UPDATE callbacks SET due_at = now() - interval '1 minute'")
+    assert (await next_lead(api, team.agents[1]["token"]))["nothingCallable"] is True
+    assert await api.error_code(START_CALL, {"p": wanted["id"]}, team.agents[1]["token"]) == (
+        "CALLBACK_RESERVED"
+    )
+    # Past the grace: anyone may take it.
+    await pool.execute("UPDATE callbacks SET due_at = now() - interval '1 hour'")
+    taken = await next_lead(api, team.agents[1]["token"])
+    assert taken["prospect"]["id"] == wanted["id"]
+    assert await pool.fetchval("SELECT taken_at IS NOT NULL FROM callbacks") is True
+
+
+async def test_a_callback_outside_hours_is_refused_or_moved(
+    api: Api, team: Team, default_rules: None
+) -> None:
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    night = "2099-01-14T08:00:00+00:00"  # 03:00 in New York
+    schedule = (
+        "mutation($p: ID!, $at: DateTime!, $move: Boolean!) {"
+        " scheduleCallback(prospectId: $p, at: $at, mine: false, moveToNextWindow: $move)"
+        " { dueAt agentId } }"
+    )
+    body = await api.graphql(
+        schedule, {"p": prospect["id"], "at": night, "move": False}, team.agent["token"]
+    )
+    assert body["errors"][0]["extensions"]["code"] == "OUTSIDE_CALLING_HOURS"
+    assert body["errors"][0]["extensions"]["until"] == "2099-01-14T13:00:00+00:00"
+    moved = await api.data(
+        schedule, {"p": prospect["id"], "at": night, "move": True}, team.agent["token"]
+    )
+    assert moved["scheduleCallback"] == {"dueAt": "2099-01-14T13:00:00+00:00", "agentId": None}
+
+
+async def test_assignments_are_offered_to_their_agent_first_until_they_expire(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    await add_prospect(api, team.manager["token"], nyc_phone(), name="Pool")
+    mine = await add_prospect(api, team.manager["token"], nyc_phone(), name="Mine")
+    await api.data(
+        "mutation($p: ID!, $a: ID!) { assignLead(prospectId: $p, agentId: $a) { id } }",
+        {"p": mine["id"], "a": team.agents[1]["id"]},
+        team.manager["token"],
+    )
+    # Agent 0 never gets agent 1's lead; agent 1 gets it first, before the older pool one.
+    first = await next_lead(api, team.agents[0]["token"])
+    assert first["prospect"]["name"] == "Pool"
+    second = await next_lead(api, team.agents[1]["token"])
+    assert second["prospect"]["name"] == "Mine"
+
+
+async def test_an_expired_assignment_returns_to_everyone(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    lead = await add_prospect(api, team.manager["token"], nyc_phone())
+    await api.data(
+        "mutation($p: ID!, $a: ID!) {"
+        ' assignLead(prospectId: $p, agentId: $a, expiresAt: "2999-01-01T00:00:00Z") { id } }',
+        {"p": lead["id"], "a": team.agents[1]["id"]},
+        team.manager["token"],
+    )
+    assert (await next_lead(api, team.agents[0]["token"]))["nothingCallable"] is True
+    await pool.execute("UPDATE lead_assignments SET expires_at = now() - interval '1 second'")
+    assert (await next_lead(api, team.agents[0]["token"]))["prospect"]["id"] == lead["id"]
+
+
+async def test_do_not_call_added_mid_queue_is_honoured_on_the_next_call(
+    api: Api, team: Team
+) -> None:
+    first = await add_prospect(api, team.manager["token"], nyc_phone(), name="First")
+    second = await add_prospect(api, team.manager["token"], nyc_phone(), name="Second")
+    got = await next_lead(api, team.agents[0]["token"])
+    assert got["prospect"]["id"] == first["id"]
+    await api.data(
+        "mutation($n: String!) { addDoNotCall(phone: $n) { id } }",
+        {"n": second["phone"]},
+        team.manager["token"],
+    )
+    assert (await next_lead(api, team.agents[1]["token"]))["nothingCallable"] is True
+
+
+ROUNDS = 10
+AGENTS = 20
+
+
+async def test_twenty_agents_pull_from_one_queue(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    """No prospect handed out twice; nobody told 'nothing callable' while one was callable."""
+    from conftest import add_user
+
+    agents = [await add_user(pool, api, f"puller{i}@test.example", "agent") for i in range(AGENTS)]
+    for round_number in range(ROUNDS):
+        await pool.execute("DELETE FROM active_calls")
+        await pool.execute("DELETE FROM call_logs")
+        await pool.execute("DELETE FROM prospects")
+        # Fewer callable prospects than agents, plus some that no rule allows.
+        callable_count = 12
+        await pool.execute(
+            """
+            INSERT INTO prospects (name, phone)
+            SELECT 'Q' || i, '+1212555' || lpad(($1 * 100 + i)::text, 4, '0')
+            FROM generate_series(1, $2) i
+            """,
+            round_number,
+            callable_count + 5,
+        )
+        await pool.execute(
+            "INSERT INTO do_not_call (phone, source) SELECT phone, 'api' FROM prospects"
+            " ORDER BY phone DESC LIMIT 5"
+        )
+        results = await asyncio.gather(*(next_lead(api, agent["token"]) for agent in agents))
+        handed = [r["prospect"]["id"] for r in results if not r["nothingCallable"]]
+        assert len(handed) == len(set(handed)), f"round {round_number}: a prospect twice"
+        assert len(handed) == callable_count, f"round {round_number}: {len(handed)} handed out"
+        assert await pool.fetchval("SELECT count(*) FROM active_calls") == callable_count
