@@ -100,7 +100,8 @@ async def set_calling_hours(
     if any(o >= c for o, c in zip(opens, closes, strict=True)):
         raise BadUserInput("opensAt must be before closesAt", field="closesAt")
     async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(QUERIES["replace_calling_hours"], weekdays, opens, closes)
+        await connection.execute(QUERIES["clear_calling_hours"])
+        await connection.execute(QUERIES["insert_calling_hours"], weekdays, opens, closes)
         return list(await connection.fetch(QUERIES["calling_hours"]))
 
 

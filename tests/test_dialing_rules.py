@@ -375,3 +375,88 @@ async def test_twenty_agents_pull_from_one_queue(api: Api, team: Team, pool: asy
         assert len(handed) == len(set(handed)), f"round {round_number}: a prospect twice"
         assert len(handed) == callable_count, f"round {round_number}: {len(handed)} handed out"
         assert await pool.fetchval("SELECT count(*) FROM active_calls") == callable_count
+
+
+async def test_a_later_change_cannot_undo_a_do_not_call_outcome(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    call = await start(api, team.agent["token"], prospect["id"])
+    await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Do Not Call")
+    await api.data(
+        'mutation($p: ID!) { updateProspect(id: $p, input: {status: "New"}) { status } }',
+        {"p": prospect["id"]},
+        team.manager["token"],
+    )
+    await pool.execute("UPDATE call_logs SET started_at = started_at - interval '1 day'")
+    await pool.execute("UPDATE prospects SET final_at = NULL")
+    code = await api.error_code(START_CALL, {"p": prospect["id"]}, team.manager["token"])
+    assert code == "DO_NOT_CALL"
+
+
+async def test_a_do_not_call_entry_may_expire(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    await api.data(
+        "mutation($n: String!) {"
+        ' addDoNotCall(phone: $n, expiresAt: "2999-01-01T00:00:00Z", scope: "internal") { id } }',
+        {"n": prospect["phone"]},
+        team.manager["token"],
+    )
+    assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
+        "DO_NOT_CALL"
+    )
+    await pool.execute("UPDATE do_not_call SET expires_at = now() - interval '1 second'")
+    await start(api, team.agent["token"], prospect["id"])
+
+
+async def test_agents_cannot_manage_the_rules(api: Api, team: Team) -> None:
+    for mutation in (
+        'mutation { addDoNotCall(phone: "212-555-0100") { id } }',
+        'mutation { removeDoNotCall(phone: "212-555-0100") }',
+        "mutation { updateDialingRules(input: {maxAttemptsPerDay: 9}) { maxAttemptsPerDay } }",
+        'mutation { updateDisposition(name: "Busy", input: {isFinal: true}) { name } }',
+        "mutation { setCallingHours(hours: []) { weekday } }",
+    ):
+        assert await api.error_code(mutation, token=team.agent["token"]) == "FORBIDDEN"
+
+
+async def test_managers_tune_the_rules(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    token = team.manager["token"]
+    hours = await api.data(
+        'mutation { setCallingHours(hours: [{weekday: 1, opensAt: "09:30", closesAt: "24:00"}])'
+        " { weekday opensAt closesAt } }",
+        token=token,
+    )
+    assert hours["setCallingHours"] == [{"weekday": 1, "opensAt": "09:30", "closesAt": "24:00"}]
+    assert await pool.fetchval("SELECT count(*) FROM calling_hours") == 1
+    bad = await api.graphql(
+        'mutation { setCallingHours(hours: [{weekday: 1, opensAt: "18:00", closesAt: "09:00"}])'
+        " { weekday } }",
+        token=token,
+    )
+    assert bad["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert await pool.fetchval("SELECT count(*) FROM calling_hours") == 1  # unchanged
+    rules = await api.data(
+        "mutation { updateDialingRules(input:"
+        ' {maxAttemptsPerDay: 5, defaultTimeZone: "Europe/Paris"})'
+        " { maxAttemptsPerDay defaultTimeZone maxAttemptsTotal } }",
+        token=token,
+    )
+    assert rules["updateDialingRules"]["maxAttemptsPerDay"] == 5
+    assert rules["updateDialingRules"]["defaultTimeZone"] == "Europe/Paris"
+    outcome = await api.data(
+        'mutation { updateDisposition(name: "Busy",'
+        " input: {recycleDelaySeconds: 60, isFinal: false}) { recycleDelaySeconds isFinal } }",
+        token=token,
+    )
+    assert outcome["updateDisposition"] == {"recycleDelaySeconds": 60, "isFinal": False}
+    unknown = await api.graphql(
+        'mutation { updateDisposition(name: "Nope", input: {isFinal: true}) { name } }', token=token
+    )
+    assert unknown["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    zone = await api.graphql(
+        "mutation { updateDialingRules(input:"
+        ' {defaultTimeZone: "Mars/Olympus"}) { defaultTimeZone } }',
+        token=token,
+    )
+    assert zone["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"

@@ -36,9 +36,12 @@ LIMIT $3;
 -- The calling window per weekday (0 = Sunday).
 SELECT weekday, opens_at, closes_at FROM calling_hours ORDER BY weekday;
 
--- name: replace_calling_hours
--- Replace the whole week. $1 weekdays, $2 opening times, $3 closing times.
-WITH cleared AS (DELETE FROM calling_hours RETURNING 1)
+-- name: clear_calling_hours
+-- Close every weekday (before inserting the new week in the same transaction).
+DELETE FROM calling_hours;
+
+-- name: insert_calling_hours
+-- Open weekdays. $1 weekdays, $2 opening times, $3 closing times.
 INSERT INTO calling_hours (weekday, opens_at, closes_at)
 SELECT * FROM unnest($1::int[], $2::time[], $3::time[]);
 
