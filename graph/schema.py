@@ -21,6 +21,7 @@ from strawberry.types.execution import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from graph.dialing import DialingMutations, DialingQueries
+from graph.execution import SharedEventExecutionContext
 from graph.extensions import ErrorCodes, log_errors
 from graph.imports import ImportMutations
 from graph.reports import ReportMutations, ReportQueries
@@ -408,4 +409,5 @@ def create_schema(
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(scalar_map={BigInt: BIG_INT_SCALAR}),
+        execution_context_class=SharedEventExecutionContext,
     )

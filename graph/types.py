@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 from enum import Enum
@@ -202,6 +204,8 @@ class ActiveCallEvent:
     active_calls: list[ActiveCall] | None = strawberry.field(
         description="For SNAPSHOT: every active call (of the agent, when narrowed)."
     )
+    # Execution results shared by every subscriber of this event (graph/execution.py).
+    shared_results: strawberry.Private[dict[Any, Any]] = dataclasses.field(default_factory=dict)
 
 
 @strawberry.type(description="One status change, written by a trigger whoever made it.")
@@ -474,8 +478,20 @@ class CreateUserInput:
     name: str = ""
 
 
+_converted_events: weakref.WeakKeyDictionary[CallEvent, ActiveCallEvent] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def active_call_event(event: CallEvent) -> ActiveCallEvent:
-    """The GraphQL shape of a hub event."""
+    """The GraphQL shape of a hub event: one object per event, shared by its subscribers."""
+    converted = _converted_events.get(event)
+    if converted is None:
+        converted = _converted_events[event] = _convert_event(event)
+    return converted
+
+
+def _convert_event(event: CallEvent) -> ActiveCallEvent:
     return ActiveCallEvent(
         type=ActiveCallEventType(event.type),
         seq=BigInt(event.seq),

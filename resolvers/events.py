@@ -32,7 +32,7 @@ CALL_CHANNEL = "active_calls"
 REVOKE_CHANNEL = "sessions_revoked"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CallEvent:
     """STARTED, ENDED or EXPIRED, as committed; or a SNAPSHOT of every active call."""
 

@@ -362,3 +362,23 @@ async def test_a_dead_client_is_found_by_pings_and_freed(
                     break
                 await asyncio.sleep(0.1)
             assert not hub.subscribers, "the dead client's subscription was never freed"
+
+
+async def test_many_subscribers_of_one_event_all_receive_it(api: Api, team: Team) -> None:
+    """Subscribers share one execution per event and query; each still gets its own view."""
+    prospect = await add_prospect(api, team.agent["token"], next_phone())
+    async with (
+        subscribe(api, team.manager["token"]) as first,
+        subscribe(api, team.agents[1]["token"]) as second,
+        subscribe(api, team.manager["token"], agent=team.agents[1]["id"]) as narrowed,
+    ):
+        for stream in (first, second, narrowed):
+            await stream.next()
+        call = await start(api, team.agent["token"], prospect["id"])
+        one, two = await first.next(), await second.next()
+        assert one == two
+        assert one["activeCall"]["callLogId"] == call["callLogId"]
+        other = await add_prospect(api, team.agent["token"], next_phone())
+        theirs = await start(api, team.agents[1]["token"], other["id"])
+        assert (await narrowed.next())["activeCall"]["callLogId"] == theirs["callLogId"]
+        assert (await first.next())["activeCall"]["callLogId"] == theirs["callLogId"]
