@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import getpass
 import json
 import logging
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import asyncpg
 from starlette.applications import Starlette
@@ -33,7 +34,7 @@ import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.schema import create_schema
-from resolvers import calls, demo, users
+from resolvers import archive, calls, demo, imports, mock_store, users
 from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.errors import DomainError
 from resolvers.events import Hub, Listener
@@ -261,6 +262,9 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
         # Pings find dead WebSockets (closed laptops, cut networks) and free them.
         "ws_ping_interval": settings.ws_ping_seconds,
         "ws_ping_timeout": settings.ws_ping_seconds,
+        # Events are a few hundred bytes; per-socket zlib state would double the memory
+        # of each subscriber and cost CPU on every send.
+        "ws_per_message_deflate": settings.ws_compression,
     }
     if settings.workers > 1:
         # Each worker is a replica: its own pool, listener and sweep, like another server.
@@ -354,6 +358,134 @@ def command_export_schema(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
+    """Import prospects from a CSV file; exit 1 when rows were rejected, 2 when unusable."""
+    columns = dict(pair.split("=", 1) for pair in args.map if "=" in pair)
+    if len(columns) != len(args.map):
+        print("error: --map takes FIELD=HEADER, e.g. --map phone='Cell Phone'", file=sys.stderr)
+        return 2
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: no such file: {path}", file=sys.stderr)
+        return 2
+    options = imports.CsvImportOptions(
+        mode=args.mode,
+        dry_run=args.dry_run,
+        region=settings.default_phone_region,
+        columns=columns,
+        delimiter=args.delimiter,
+    )
+    db = open_database(settings)
+    asyncio.run(apply_migrations(db.url))
+
+    async def run(
+        source: TextIO,
+        on_error: Callable[[imports.RowError], object] | None,
+        progress: Callable[[int, bool], None],
+    ) -> imports.ImportReport:
+        pool = await _with_pool(settings, db.url)
+        try:
+            async with pool.acquire() as connection:
+                return await imports.import_csv(
+                    connection, source, options, on_error=on_error, on_progress=progress
+                )
+        finally:
+            await pool.close()
+
+    try:
+        with contextlib.ExitStack() as files:
+            source = files.enter_context(path.open(encoding=args.encoding, newline=""))
+            on_error = None
+            if args.errors_file:
+                writer = csv.writer(files.enter_context(open(args.errors_file, "w", newline="")))
+                writer.writerow(["row", "field", "reason"])
+                on_error = lambda e: writer.writerow([e.row, e.field or "", e.reason])  # noqa: E731
+            # The file's offset, read without disturbing the reader: a little ahead of it.
+            bar = imports.ProgressBar(
+                path.stat().st_size, lambda: os.lseek(source.fileno(), 0, os.SEEK_CUR)
+            )
+
+            def progress(rows: int, staged: bool) -> None:
+                bar.update(rows)
+                if staged:
+                    bar.finish(f"merging {rows:,} rows ...")
+
+            report = asyncio.run(run(source, on_error, progress))
+    except DomainError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    except (UnicodeDecodeError, LookupError) as error:
+        print(
+            f"error: {path} is not {args.encoding} text ({error}); try --encoding cp1252",
+            file=sys.stderr,
+        )
+        return 2
+    imports.describe_import_report(report, print)
+    return 1 if report.errors else 0
+
+
+def command_import_mock(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate the mock store's JSON; exit 1 when records were rejected, 2 when unusable."""
+    try:
+        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        print(f"error: cannot read {args.file} as JSON: {error}", file=sys.stderr)
+        return 2
+    db = open_database(settings)
+    asyncio.run(apply_migrations(db.url))
+
+    async def run() -> mock_store.MockReport:
+        pool = await _with_pool(settings, db.url)
+        try:
+            async with pool.acquire() as connection:
+                return await mock_store.import_mock_store(
+                    connection,
+                    data,
+                    region=settings.default_phone_region,
+                    bcrypt_rounds=settings.bcrypt_rounds,
+                    dry_run=args.dry_run,
+                )
+        finally:
+            await pool.close()
+
+    try:
+        report = asyncio.run(run())
+    except DomainError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    mock_store.describe_mock_report(report, print)
+    return 1 if report.errors else 0
+
+
+def command_archive(settings: Settings, args: argparse.Namespace) -> int:
+    """Move old call logs and status changes to the archive tables; --dry-run only counts."""
+    try:
+        older_than = archive.parse_age(args.older_than)
+        archive.check_batch_size(args.batch_size)
+    except DomainError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    db = open_database(settings)
+    asyncio.run(apply_migrations(db.url))
+
+    async def run() -> None:
+        pool = await _with_pool(settings, db.url)
+        try:
+            cutoff = await archive.archive_cutoff(pool, older_than)
+            archive.describe_plan(await archive.plan_archive(pool, cutoff), older_than, print)
+            if args.dry_run:
+                print("dry run: nothing was written")
+                return
+            progress = archive.progress_printer(lambda line: print(line, flush=True))
+            result = await archive.archive(pool, cutoff, args.batch_size, on_batch=progress)
+            archive.describe_result(result, print)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="server.py", description=__doc__)
@@ -377,6 +509,37 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("export-schema", help="print the GraphQL SDL").set_defaults(
         run=command_export_schema
     )
+    import_csv = commands.add_parser("import-csv", help="import prospects from a CSV file")
+    import_csv.add_argument("file")
+    import_csv.add_argument(
+        "--mode",
+        choices=imports.MODES,
+        default="skip",
+        help="a phone already in the database: skip the row, update the prospect, or report it",
+    )
+    import_csv.add_argument("--dry-run", action="store_true", help="write nothing; show counts")
+    import_csv.add_argument(
+        "--map", action="append", default=[], metavar="FIELD=HEADER", help="choose a column"
+    )
+    import_csv.add_argument("--delimiter", help="default: guessed from the header")
+    import_csv.add_argument("--encoding", default="utf-8-sig")
+    import_csv.add_argument("--errors-file", help="write every rejected row to this CSV")
+    import_csv.set_defaults(run=command_import_csv)
+    import_mock = commands.add_parser("import-mock", help="migrate the old mock store (JSON)")
+    import_mock.add_argument("file")
+    import_mock.add_argument("--dry-run", action="store_true", help="write nothing; show counts")
+    import_mock.set_defaults(run=command_import_mock)
+    archive_parser = commands.add_parser(
+        "archive", help="move old call logs and status changes to the archive tables"
+    )
+    archive_parser.add_argument(
+        "--older-than", default="365d", help="age such as 365d, 52w or 36h (default 365d)"
+    )
+    archive_parser.add_argument("--dry-run", action="store_true", help="write nothing; show counts")
+    archive_parser.add_argument(
+        "--batch-size", type=int, default=1000, help="rows per transaction (default 1000)"
+    )
+    archive_parser.set_defaults(run=command_archive)
     return parser
 
 

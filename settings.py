@@ -65,6 +65,7 @@ class Settings:
     ws_ping_seconds: float = 20.0
     allowed_origins: tuple[str, ...] = ()
     access_log: bool = False
+    ws_compression: bool = False
     workers: int = 1
 
     @classmethod
@@ -94,6 +95,7 @@ class Settings:
             listener_health_seconds=_float("LISTENER_HEALTH_SECONDS", 2.0),
             ws_ping_seconds=_float("WS_PING_SECONDS", 20.0),
             access_log=os.environ.get("ACCESS_LOG", "0") in {"1", "true", "yes"},
+            ws_compression=os.environ.get("WS_COMPRESSION", "0") in {"1", "true", "yes"},
             workers=_int("WEB_CONCURRENCY", 1),
             allowed_origins=tuple(
                 origin.strip()
