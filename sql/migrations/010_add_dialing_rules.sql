@@ -80,7 +80,7 @@ ALTER TABLE prospects
     ADD COLUMN recycle_until timestamptz;
 -- The pool in nextLead's order: priority, never called first, then oldest call, then age.
 CREATE INDEX prospects_queue_idx ON prospects (priority DESC, last_call ASC NULLS FIRST, created_at, id)
-    WHERE final_at IS NULL;
+    WHERE final_at IS NULL AND erased_at IS NULL;
 CREATE INDEX call_logs_phone_number_idx ON call_logs (phone_number, started_at DESC);
 
 CREATE TABLE callbacks (
@@ -96,6 +96,21 @@ CREATE TABLE callbacks (
 );
 CREATE INDEX callbacks_open_due_idx ON callbacks (due_at) WHERE taken_at IS NULL;
 CREATE INDEX callbacks_open_prospect_idx ON callbacks (prospect_id) WHERE taken_at IS NULL;
+-- Archiving a call log clears the link (ON DELETE SET NULL): without this, a scan per row.
+CREATE INDEX callbacks_call_log_id_idx ON callbacks (call_log_id);
+
+-- Erasing a prospect's personal data clears the zones its number revealed, too.
+CREATE FUNCTION clear_erased_time_zones() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.time_zone := NULL;
+    NEW.phone_time_zones := '{}';
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER prospects_clear_erased_time_zones BEFORE UPDATE OF erased_at ON prospects
+    FOR EACH ROW WHEN (NEW.erased_at IS NOT NULL AND OLD.erased_at IS NULL)
+    EXECUTE FUNCTION clear_erased_time_zones();
 
 -- The IANA zones the database knows, kept in a table: pg_timezone_names reads the zone
 -- files on every call, far too slow to ask on every nextLead.
@@ -203,6 +218,9 @@ BEGIN
     SELECT c.started_at, c.caller_id INTO v_last_time, v_last_caller
     FROM call_logs c WHERE c.prospect_id = p_prospect_id ORDER BY c.started_at DESC LIMIT 1;
 
+    RETURN QUERY SELECT 0, 'PROSPECT_ERASED', v_prospect.erased_at IS NOT NULL, false,
+        NULL::timestamptz, 'The prospect''s personal data was erased', v_last_time, v_last_caller;
+
     RETURN QUERY SELECT 1, 'ALREADY_IN_CALL',
         EXISTS (SELECT 1 FROM active_calls a WHERE a.prospect_id = p_prospect_id), false,
         NULL::timestamptz, 'Prospect is currently on another call', v_last_time, v_last_caller;
@@ -223,7 +241,8 @@ BEGIN
         'Outside calling hours in ' || array_to_string(v_zones, ', '), v_last_time, v_last_caller;
 
     -- Caps: in total, per local day of the callee (the first zone), per number in 24 hours.
-    SELECT count(*) INTO v_count FROM call_logs c WHERE c.prospect_id = p_prospect_id;
+    -- Archived calls count too: archiving must not reopen a capped prospect.
+    SELECT count(*) INTO v_count FROM call_logs_with_archive c WHERE c.prospect_id = p_prospect_id;
     RETURN QUERY SELECT 5, 'MAX_ATTEMPTS_REACHED', v_count >= v_rules.max_attempts_total, false,
         NULL::timestamptz,
         'Prospect reached ' || v_rules.max_attempts_total || ' attempts in total', v_last_time, v_last_caller;
@@ -501,6 +520,7 @@ BEGIN
             -- Due callbacks: the agent's own first, then anyone's or others' past their grace.
             SELECT p.id INTO v_candidate FROM callbacks cb JOIN prospects p ON p.id = cb.prospect_id
             WHERE cb.taken_at IS NULL AND cb.due_at <= now() AND p.id <> ALL (v_seen)
+              AND p.erased_at IS NULL
               AND (cb.agent_id IS NULL OR cb.agent_id = p_agent_id OR cb.due_at + v_grace <= now())
             ORDER BY (cb.agent_id IS NOT DISTINCT FROM p_agent_id) DESC, cb.due_at, p.id
             LIMIT 1
@@ -509,7 +529,7 @@ BEGIN
             -- The agent's own live assignments.
             SELECT p.id INTO v_candidate FROM lead_assignments la JOIN prospects p ON p.id = la.prospect_id
             WHERE la.agent_id = p_agent_id AND la.active AND (la.expires_at IS NULL OR la.expires_at > now())
-              AND p.final_at IS NULL AND p.id <> ALL (v_seen)
+              AND p.final_at IS NULL AND p.erased_at IS NULL AND p.id <> ALL (v_seen)
             ORDER BY p.priority DESC, p.last_call ASC NULLS FIRST, p.created_at, p.id
             LIMIT 1
             FOR UPDATE OF p SKIP LOCKED;
@@ -517,6 +537,7 @@ BEGIN
             -- The pool, in index order; cheap rules filter here, all rules run per candidate.
             SELECT p.id INTO v_candidate FROM prospects p
             WHERE p.final_at IS NULL
+              AND p.erased_at IS NULL
               AND p.id <> ALL (v_seen)
               AND (p.recycle_until IS NULL OR p.recycle_until <= now())
               AND (p.last_call IS NULL OR p.last_call <= now() - min_call_interval())
@@ -569,7 +590,7 @@ LANGUAGE sql STABLE AS $$
                     AND (cb.due_at > now() OR (cb.agent_id <> p_agent_id
                          AND cb.due_at + (SELECT callback_grace FROM rules) > now()))) AS callback
         FROM prospects p
-        WHERE p.final_at IS NULL
+        WHERE p.final_at IS NULL AND p.erased_at IS NULL
     )
     SELECT 'ALREADY_IN_CALL', count(*) FILTER (WHERE in_call) FROM flags
     UNION ALL SELECT 'DO_NOT_CALL', count(*) FILTER (WHERE dnc) FROM flags
