@@ -34,7 +34,7 @@ import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.schema import create_schema
-from resolvers import archive, calls, demo, imports, mock_store, users
+from resolvers import archive, calls, demo, imports, mock_store, reports, users
 from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.errors import DomainError
 from resolvers.events import Hub, Listener
@@ -96,14 +96,17 @@ class GraphQLApp(GraphQL[Context, None]):
         return None
 
 
-async def sweep_stale_calls(pool: asyncpg.Pool, every_seconds: float) -> None:
-    """Expire calls whose lease lapsed, forever; safe to run on every replica at once."""
+async def sweep(pool: asyncpg.Pool, every_seconds: float) -> None:
+    """Forever: expire calls whose lease lapsed, and fold the report journal into its
+    rollups so it stays short. Safe on every replica at once (SKIP LOCKED, and a fold
+    another replica is running is skipped)."""
     while True:
         await asyncio.sleep(every_seconds)
         try:
             expired = await calls.expire_lapsed_calls(pool)
+            await reports.fold_call_stats(pool, wait=False)
         except Exception as error:
-            log.warning("stale-call sweep failed: %r", error)
+            log.warning("sweep failed: %r", error)
             continue
         if expired:
             log.info("expired %d stale call(s)", expired)
@@ -135,9 +138,7 @@ def create_app(
         app.state.pool, app.state.hub, app.state.listener = pool, hub, listener
         tasks = [
             asyncio.create_task(listener.run(), name="call-event-listener"),
-            asyncio.create_task(
-                sweep_stale_calls(pool, settings.stale_call_sweep_seconds), name="stale-calls"
-            ),
+            asyncio.create_task(sweep(pool, settings.stale_call_sweep_seconds), name="sweep"),
         ]
         try:
             with contextlib.suppress(TimeoutError):
@@ -383,13 +384,21 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
         on_error: Callable[[imports.RowError], object] | None,
         progress: Callable[[int, bool], None],
     ) -> imports.ImportReport:
-        pool = await _with_pool(settings, db.url)
+        # One connection per job: each merges its share of the phones in parallel.
+        pool = await database.create_pool(
+            db.url,
+            min_call_interval_seconds=settings.min_call_interval_seconds,
+            min_size=args.jobs,
+            max_size=args.jobs,
+        )
+        connections = [await pool.acquire() for _ in range(args.jobs)]
         try:
-            async with pool.acquire() as connection:
-                return await imports.import_csv(
-                    connection, source, options, on_error=on_error, on_progress=progress
-                )
+            return await imports.import_csv(
+                connections, source, options, on_error=on_error, on_progress=progress
+            )
         finally:
+            for connection in connections:
+                await pool.release(connection)
             await pool.close()
 
     try:
@@ -524,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     import_csv.add_argument("--delimiter", help="default: guessed from the header")
     import_csv.add_argument("--encoding", default="utf-8-sig")
     import_csv.add_argument("--errors-file", help="write every rejected row to this CSV")
+    import_csv.add_argument(
+        "--jobs",
+        type=int,
+        choices=range(1, 17),
+        default=min(4, os.cpu_count() or 1),
+        metavar="N",
+        help="database connections merging in parallel (default: cores, at most 4)",
+    )
     import_csv.set_defaults(run=command_import_csv)
     import_mock = commands.add_parser("import-mock", help="migrate the old mock store (JSON)")
     import_mock.add_argument("file")

@@ -149,6 +149,31 @@ def guarded_operations(
             "mutation { updateDialingRules(input: {maxAttemptsPerDay: 4}) { maxAttemptsPerDay } }",
             {},
         ),
+        "agentPerformance": (
+            'query { agentPerformance(from: "2026-01-01T00:00:00Z", to: "2026-01-02T00:00:00Z")'
+            " { calls } }",
+            {},
+        ),
+        "callStats": (
+            'query { callStats(from: "2026-01-01T00:00:00Z", to: "2026-01-02T00:00:00Z")'
+            " { calls } }",
+            {},
+        ),
+        "prospectsCalledMultipleTimes": (
+            "{ prospectsCalledMultipleTimes { edges { cursor } } }",
+            {},
+        ),
+        "recentStatusChanges": ("{ recentStatusChanges { id } }", {}),
+        "importProspects": (
+            'mutation { importProspects(csv: "name,phone\\nAl,212-555-0166\\n", dryRun: true)'
+            " { __typename } }",
+            {},
+        ),
+        "exportProspect": ("mutation($id: ID!) { exportProspect(id: $id) }", {"id": prospect_id}),
+        "eraseProspect": (
+            "mutation($id: ID!) { eraseProspect(id: $id) { erasedAt } }",
+            {"id": prospect_id},
+        ),
         "updateDisposition": (
             'mutation { updateDisposition(name: "Busy", input: {isFinal: false}) { name } }',
             {},

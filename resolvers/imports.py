@@ -1,0 +1,674 @@
+"""Bulk import of prospects from CSV: streamed in batches, COPYed into staging tables,
+merged with one statement per connection.
+
+The file is read in batches on a worker thread while the previous batch is being copied,
+so memory holds a batch or two whatever the file's size. Rows are split by phone over
+one or more connections; each stages its share in a TEMP table and merges it in one
+statement, all at the same time. Every data row ends in exactly one count: inserted,
+updated, skipped, duplicates in the file, or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import itertools
+import re
+import sys
+import time
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import TextIO, TypeVar, cast
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from resolvers.auth import Actor
+from resolvers.bulk_phones import PhoneNormalizer
+from resolvers.errors import BadUserInput
+from sql.queries import QUERIES
+
+MODES = ("skip", "update", "report")
+# Big enough that per-batch overheads vanish, small enough that memory stays flat.
+BATCH_ROWS = 10_000
+# How many row errors a report keeps; the command line can write every one to a file.
+MAX_LISTED_ERRORS = 100
+# The largest CSV the importProspects mutation takes in its argument.
+MAX_CSV_BYTES = 10 * 1024 * 1024
+# A connection of its own (the command line) or one borrowed from the server's pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
+STAGING_COLUMNS = (
+    "row_number",
+    "name",
+    "phone",
+    "email",
+    "company",
+    "status",
+    "time_zone",
+    "priority",
+    "phone_time_zones",
+)
+
+# The fields a column can feed, and the headers each is found under by default. Headers
+# are compared lower-cased, with every run of other characters read as "_".
+FIELDS = (
+    "name",
+    "first_name",
+    "last_name",
+    "phone",
+    "email",
+    "company",
+    "status",
+    "time_zone",
+    "priority",
+)
+HEADER_ALIASES: dict[str, tuple[str, ...]] = {
+    "name": ("name", "full_name", "fullname", "contact", "contact_name", "prospect", "lead"),
+    "first_name": ("first_name", "firstname", "first", "given_name", "forename"),
+    "last_name": ("last_name", "lastname", "last", "surname", "family_name"),
+    # Several phone columns may be present: a row uses the first non-empty one, in this order.
+    "phone": (
+        "phone",
+        "phone_number",
+        "phonenumber",
+        "telephone",
+        "tel",
+        "mobile",
+        "mobile_phone",
+        "mobile_number",
+        "cell",
+        "cell_phone",
+    ),
+    "email": ("email", "e_mail", "email_address"),
+    "company": ("company", "company_name", "organization", "organisation", "business", "account"),
+    "status": ("status", "lead_status", "stage"),
+    "time_zone": ("time_zone", "timezone", "tz"),
+    "priority": ("priority",),
+}
+
+# The same rules as the prospects table's checks (001), so the merge never fails on a row.
+# Python's \s matches more whitespace than PostgreSQL's, so this is if anything stricter.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+MAX_NAME = 200
+MAX_EMAIL = 254
+MAX_COMPANY = 200
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+
+
+def loose_key(text: str) -> str:
+    """A name compared loosely: case, spaces and punctuation ignored ("not_interested")."""
+    return re.sub(r"[\W_]+", "", text.casefold())
+
+
+def header_key(header: str) -> str:
+    """A header as the aliases are written: lower case, words joined by '_'."""
+    return re.sub(r"[\W_]+", "_", header.strip().casefold()).strip("_")
+
+
+@dataclass(frozen=True)
+class RowError:
+    """Why one row was not imported. Rows count as a spreadsheet shows them: header is 1."""
+
+    row: int
+    reason: str
+    field: str | None = None
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, in a dry run, would do)."""
+
+    mode: str
+    dry_run: bool
+    rows: int = 0
+    inserted: int = 0
+    updated: int = 0
+    skipped: int = 0
+    duplicates_in_file: int = 0
+    errors: int = 0
+    listed_errors: list[RowError] = field(default_factory=list)
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)
+    # Phones normalized by the fast path for E.164 and North American numbers.
+    fast_phones: int = 0
+    seconds: float = 0.0
+    # Of which: reading, checking and staging the file; merging it into prospects.
+    staging_seconds: float = 0.0
+    merge_seconds: float = 0.0
+
+    def add_error(self, error: RowError) -> None:
+        """Count an error and keep it if the list has room."""
+        self.errors += 1
+        if len(self.listed_errors) < MAX_LISTED_ERRORS:
+            self.listed_errors.append(error)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the CSV.
+
+StagedRow = tuple[
+    int,
+    str | None,
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    int | None,
+    tuple[str, ...],
+]
+
+
+def _pick_delimiter(header_line: str) -> str:
+    counts = {d: header_line.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
+def _clean(value: str) -> str | None:
+    value = value.strip()
+    return value or None
+
+
+class CsvRows:
+    """The data rows of a CSV, validated and normalized, in batches ready for COPY.
+
+    Errors go to on_error with the row number; a spreadsheet's row numbers are used, so
+    the header is row 1 and the first data row is row 2. Blank rows are ignored.
+    """
+
+    def __init__(
+        self,
+        source: Iterable[str],
+        *,
+        region: str,
+        statuses: Iterable[str],
+        time_zones: Iterable[str] = (),
+        columns: Mapping[str, str] | None = None,
+        delimiter: str | None = None,
+        on_error: Callable[[RowError], object],
+    ) -> None:
+        lines: Iterator[str] = iter(source)
+        first = next(lines, "")
+        if not first.strip():
+            raise BadUserInput("The CSV is empty: it needs a header row", field="csv")
+        self._reader = csv.reader(
+            itertools.chain([first], lines), delimiter=delimiter or _pick_delimiter(first)
+        )
+        headers = next(self._reader)
+        self.headers = headers
+        self.columns = self._map_columns(headers, columns or {})
+        used = {i for indices in self.columns.values() for i in indices}
+        self.ignored = [h for i, h in enumerate(headers) if i not in used and h.strip()]
+        self._width = len(headers)
+        self._phones = self.columns.get("phone", [])
+        self._name = self._first_index("name")
+        self._first_name = self._first_index("first_name")
+        self._last_name = self._first_index("last_name")
+        self._email = self._first_index("email")
+        self._company = self._first_index("company")
+        self._status = self._first_index("status")
+        self._time_zone = self._first_index("time_zone")
+        self._priority = self._first_index("priority")
+        self._time_zones = {zone.casefold(): zone for zone in time_zones}
+        # Looked up as written first (the usual case), then loosely.
+        self._statuses: dict[str, str] = {}
+        for status in statuses:
+            self._statuses.setdefault(status, status)
+            self._statuses.setdefault(loose_key(status), status)
+        self._on_error = on_error
+        self.phones = PhoneNormalizer(region)
+        self.row = 1
+        self.rows = 0
+
+    @staticmethod
+    def _map_columns(headers: list[str], chosen: Mapping[str, str]) -> dict[str, list[int]]:
+        """Field -> column indices: the columns chosen by header, then the defaults."""
+        keys = [header_key(h) for h in headers]
+        mapping: dict[str, list[int]] = {}
+        for name, header in chosen.items():
+            if name not in FIELDS:
+                raise BadUserInput(
+                    f"Unknown field {name!r}; fields are {', '.join(FIELDS)}", field="columns"
+                )
+            wanted = header_key(header)
+            index = next((i for i, key in enumerate(keys) if key == wanted), None)
+            if index is None:
+                raise BadUserInput(f"The header has no column {header!r}", field="columns")
+            mapping[name] = [index]
+        taken = {i for indices in mapping.values() for i in indices}
+        for name in FIELDS:
+            if name in mapping:
+                continue
+            found = [
+                i
+                for alias in HEADER_ALIASES[name]
+                for i, key in enumerate(keys)
+                if key == alias and i not in taken
+            ]
+            if found:
+                mapping[name] = found if name == "phone" else found[:1]
+                taken.update(mapping[name])
+        if "phone" not in mapping:
+            raise BadUserInput(
+                "The header has no phone column (phone, phone_number, mobile, ...); "
+                f"found {', '.join(repr(h) for h in headers)}",
+                field="csv",
+            )
+        return mapping
+
+    def _first_index(self, name: str) -> int | None:
+        indices = self.columns.get(name)
+        return indices[0] if indices else None
+
+    def column_names(self) -> dict[str, list[str]]:
+        """Which headers feed which field."""
+        return {name: [self.headers[i] for i in indices] for name, indices in self.columns.items()}
+
+    def next_batch(self, size: int = BATCH_ROWS) -> list[StagedRow]:
+        """Up to size valid rows; an empty list at the end of the file."""
+        batch: list[StagedRow] = []
+        append = batch.append
+        stage = self._stage
+        width = self._width
+        try:
+            for record in self._reader:
+                self.row += 1
+                if not any(record):
+                    continue
+                if len(record) < width:
+                    record += [""] * (width - len(record))
+                self.rows += 1
+                staged = stage(record)
+                if staged is not None:
+                    append(staged)
+                    if len(batch) >= size:
+                        break
+        except csv.Error as error:
+            raise BadUserInput(f"Row {self.row + 1}: the CSV is malformed ({error})") from None
+        return batch
+
+    def _fail(self, reason: str, field: str) -> None:
+        self._on_error(RowError(self.row, reason, field))
+
+    def _stage(self, record: list[str]) -> StagedRow | None:
+        raw_phone = ""
+        for index in self._phones:
+            raw_phone = record[index].strip()
+            if raw_phone:
+                break
+        if not raw_phone:
+            self._fail("phone is missing", "phone")
+            return None
+        normalized = self.phones.normalize(raw_phone)
+        if normalized is None:
+            self._fail(f"phone {raw_phone[:64]!r} is not a valid phone number", "phone")
+            return None
+        phone, phone_zones = normalized
+
+        name = _clean(record[self._name]) if self._name is not None else None
+        if name is None and (self._first_name is not None or self._last_name is not None):
+            first = record[self._first_name].strip() if self._first_name is not None else ""
+            last = record[self._last_name].strip() if self._last_name is not None else ""
+            name = f"{first} {last}".strip() or None
+        if name is not None and (len(name) > MAX_NAME or "\x00" in name):
+            self._fail(f"name must be 1 to {MAX_NAME} characters of text", "name")
+            return None
+
+        email = _clean(record[self._email]) if self._email is not None else None
+        if email is not None and (
+            len(email) > MAX_EMAIL or "\x00" in email or not _EMAIL.fullmatch(email)
+        ):
+            self._fail(f"email {email[:100]!r} is not a valid address", "email")
+            return None
+
+        company = _clean(record[self._company]) if self._company is not None else None
+        if company is not None and (len(company) > MAX_COMPANY or "\x00" in company):
+            self._fail(f"company must be at most {MAX_COMPANY} characters of text", "company")
+            return None
+
+        status: str | None = None
+        if self._status is not None and (given := record[self._status].strip()):
+            status = self._statuses.get(given) or self._statuses.get(loose_key(given))
+            if status is None:
+                self._fail(f"unknown status {given[:64]!r}", "status")
+                return None
+
+        time_zone: str | None = None
+        if self._time_zone is not None and (given := record[self._time_zone].strip()):
+            time_zone = self._time_zones.get(given.casefold())
+            if time_zone is None:
+                self._fail(
+                    f"unknown time zone {given[:64]!r} (IANA names, e.g. Europe/Paris)", "time_zone"
+                )
+                return None
+
+        priority: int | None = None
+        if self._priority is not None and (given := record[self._priority].strip()):
+            try:
+                priority = int(given)
+            except ValueError:
+                priority = None
+            if priority is None or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+                self._fail(
+                    f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}",
+                    "priority",
+                )
+                return None
+        return (
+            self.row,
+            name,
+            phone,
+            email,
+            company,
+            status,
+            time_zone,
+            priority,
+            phone_zones,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Staging and merging.
+
+
+@dataclass(frozen=True)
+class CsvImportOptions:
+    """How to read and merge a CSV."""
+
+    mode: str = "skip"
+    dry_run: bool = False
+    region: str = "US"
+    columns: Mapping[str, str] | None = None
+    delimiter: str | None = None
+
+
+Partitions = list[list[StagedRow]]
+T = TypeVar("T")
+
+
+def _partition(batch: list[StagedRow], parts: int) -> Partitions:
+    """Rows split by phone, so that every row of one phone goes to the same connection."""
+    if parts == 1:
+        return [batch]
+    split: Partitions = [[] for _ in range(parts)]
+    for row in batch:
+        split[hash(row[2]) % parts].append(row)
+    return split
+
+
+async def _batches(rows: CsvRows, parts: int) -> AsyncIterator[Partitions]:
+    """Batches read on a worker thread, the next one read while the caller copies this one."""
+
+    def read() -> Partitions:
+        return _partition(rows.next_batch(), parts)
+
+    pending = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        while True:
+            batch = await pending
+            if not any(batch):
+                return
+            pending = asyncio.ensure_future(asyncio.to_thread(read))
+            yield batch
+    finally:
+        if not pending.done():
+            # A thread cannot be interrupted; let it finish its batch before the file closes.
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently, one per connection; wait for all before raising the first error,
+    so no connection is still busy when the transactions roll back."""
+    results = await asyncio.gather(*work, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast(list[T], results)
+
+
+@dataclass
+class _Merged:
+    unique: int
+    inserted: int
+    updated: int
+    unwritable: int
+
+
+async def _merge(
+    connection: Connection, options: CsvImportOptions, record_error: Callable[[RowError], None]
+) -> _Merged:
+    """List what will not be written, then merge (or, in a dry run, preview) one partition."""
+    await connection.execute(QUERIES["analyze_import_staging"])
+    unwritable = await _list_unwritable_rows(connection, options.mode, record_error)
+    if options.dry_run:
+        preview = await connection.fetchrow(QUERIES["preview_import_staging"])
+        assert preview is not None
+        changed = preview["changed"] if options.mode == "update" else 0
+        return _Merged(preview["unique_phones"], preview["inserted"], changed, unwritable)
+    merged = await connection.fetchrow(QUERIES["merge_import_staging"], options.mode == "update")
+    assert merged is not None
+    return _Merged(merged["unique_phones"], merged["inserted"], merged["updated"], unwritable)
+
+
+async def import_csv(
+    connections: Sequence[Connection],
+    source: Iterable[str],
+    options: CsvImportOptions,
+    *,
+    actor: Actor | None = None,
+    on_error: Callable[[RowError], object] | None = None,
+    on_progress: Callable[[int, bool], None] | None = None,
+) -> ImportReport:
+    """Import prospects from CSV lines; nothing is written in a dry run.
+
+    Rows are split by phone over the connections, and each merges its share in its own
+    transaction, in parallel: PostgreSQL checks and indexes one inserted row on one core,
+    and that is most of an import's time. The transactions commit together once every
+    merge has succeeded; if any fails, all roll back.
+
+    on_error sees every row error (the report keeps the first MAX_LISTED_ERRORS);
+    on_progress gets the data rows read so far after each batch, and once more with
+    True when the whole file is staged and the merge begins.
+    """
+    if options.mode not in MODES:
+        raise BadUserInput(f"mode must be one of {', '.join(MODES)}", field="mode")
+    started = time.perf_counter()
+    report = ImportReport(mode=options.mode, dry_run=options.dry_run)
+
+    def record_error(error: RowError) -> None:
+        report.add_error(error)
+        if on_error is not None:
+            on_error(error)
+
+    transactions = [connection.transaction() for connection in connections]
+    try:
+        for connection, transaction in zip(connections, transactions, strict=True):
+            await transaction.start()
+            if actor is not None:
+                # The status trigger records the importing user for each status it changes.
+                await connection.execute(
+                    "SELECT set_config('app.user_id', $1, true)", str(actor.id)
+                )
+            await connection.execute(QUERIES["prepare_bulk_import"])
+            await connection.execute(QUERIES["create_import_staging"])
+        first = connections[0]
+        statuses = [r["name"] for r in await first.fetch(QUERIES["known_statuses"])]
+        zones = [r["name"] for r in await first.fetch(QUERIES["known_time_zones"])]
+        rows = CsvRows(
+            source,
+            region=options.region,
+            statuses=statuses,
+            time_zones=zones,
+            columns=options.columns,
+            delimiter=options.delimiter,
+            on_error=record_error,
+        )
+        report.columns = rows.column_names()
+        report.ignored_columns = rows.ignored
+        staged = 0
+        async for parts in _batches(rows, len(connections)):
+            await _all(
+                connection.copy_records_to_table(
+                    "import_staging", records=part, columns=STAGING_COLUMNS, schema_name="pg_temp"
+                )
+                for connection, part in zip(connections, parts, strict=True)
+                if part
+            )
+            staged += sum(len(part) for part in parts)
+            if on_progress is not None:
+                on_progress(rows.rows, False)
+        report.rows = rows.rows
+        report.fast_phones = rows.phones.fast
+        if on_progress is not None:
+            on_progress(rows.rows, True)
+        report.staging_seconds = time.perf_counter() - started
+        merged = await _all(_merge(c, options, record_error) for c in connections)
+        unique = sum(m.unique for m in merged)
+        # Row errors were counted as they were found; each unique phone not written and
+        # not listed as unwritable was skipped.
+        report.inserted = sum(m.inserted for m in merged)
+        report.updated = sum(m.updated for m in merged)
+        report.duplicates_in_file = staged - unique
+        unwritable = sum(m.unwritable for m in merged)
+        report.skipped = unique - report.inserted - report.updated - unwritable
+        assert report.skipped >= 0, "staged rows went missing: is import_staging a temp table?"
+        report.listed_errors.sort(key=lambda error: error.row)
+    except BaseException:
+        for transaction in transactions:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+        raise
+    for transaction in transactions:
+        if options.dry_run:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
+    report.seconds = time.perf_counter() - started
+    report.merge_seconds = report.seconds - report.staging_seconds
+    return report
+
+
+async def _list_unwritable_rows(
+    connection: Connection, mode: str, record_error: Callable[[RowError], None]
+) -> int:
+    """Report staged rows the merge will not write; returns how many."""
+    count = 0
+    report_existing = mode == "report"
+    if not report_existing and not await connection.fetchval(
+        QUERIES["import_staging_has_nameless_rows"]
+    ):
+        return 0  # the usual case, without sorting the whole file once more
+    query = QUERIES["import_staging_issues"]
+    async for issue in connection.cursor(query, report_existing, prefetch=10_000):
+        count += 1
+        if issue["prospect_id"] is None:
+            record_error(
+                RowError(issue["row_number"], "name is missing for a new prospect", "name")
+            )
+        else:
+            record_error(
+                RowError(
+                    issue["row_number"],
+                    f"phone {issue['phone']} already belongs to prospect {issue['prospect_id']}",
+                    "phone",
+                )
+            )
+    return count
+
+
+async def import_prospects_text(
+    pool: asyncpg.Pool, actor: Actor, text: str, options: CsvImportOptions
+) -> ImportReport:
+    """The importProspects mutation: CSV given as text, at most MAX_CSV_BYTES."""
+    if len(text) > MAX_CSV_BYTES:
+        raise BadUserInput(f"csv is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB", field="csv")
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise BadUserInput("csv is not valid Unicode text", field="csv") from None
+    if size > MAX_CSV_BYTES:
+        raise BadUserInput(f"csv is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB", field="csv")
+    if "\x00" in text:
+        raise BadUserInput("csv contains a NUL character", field="csv")
+    # One connection: a request leaves the rest of the pool to the floor.
+    async with pool.acquire() as connection:
+        return await import_csv([connection], io.StringIO(text, newline=""), options, actor=actor)
+
+
+# ---------------------------------------------------------------------------------------
+# The command line's progress bar.
+
+
+class ProgressBar:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
+
+    def __init__(self, total_bytes: int, position: Callable[[], int], stream: TextIO | None = None):
+        self.total = max(total_bytes, 1)
+        self.position = position
+        self.stream = stream or sys.stderr
+        self.terminal = self.stream.isatty()
+        self.started = time.monotonic()
+        self.last_tenth = -1
+        self.last_draw = 0.0
+
+    def update(self, rows: int) -> None:
+        """Show progress after a batch of rows."""
+        fraction = min(self.position() / self.total, 1.0)
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        text = f"{fraction:6.1%}  {rows:,} rows  {rows / elapsed:,.0f} rows/s"
+        if self.terminal:
+            if time.monotonic() - self.last_draw < 0.1 and fraction < 1.0:
+                return
+            self.last_draw = time.monotonic()
+            filled = int(fraction * 30)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {text}")
+        elif int(fraction * 10) > self.last_tenth:
+            self.last_tenth = int(fraction * 10)
+            self.stream.write(f"read {text}\n")
+        self.stream.flush()
+
+    def finish(self, message: str) -> None:
+        """End the bar with a message (e.g. while the merge runs)."""
+        if self.terminal:
+            self.stream.write("\n")
+        self.stream.write(message + "\n")
+        self.stream.flush()
+
+
+def describe_import_report(
+    report: ImportReport, write: Callable[[str], None], errors_shown: int = 20
+) -> None:
+    """The report as an operator reads it, with the first errors_shown row errors."""
+    rate = report.rows / report.seconds if report.seconds else 0.0
+    write(
+        f"rows: {report.rows:,} in {report.seconds:.1f} s ({rate:,.0f} rows/s), mode {report.mode}"
+    )
+    write(
+        f"  read and staged in {report.staging_seconds:.1f} s, "
+        f"merged in {report.merge_seconds:.1f} s"
+    )
+    for name in ("inserted", "updated", "skipped", "duplicates_in_file", "errors"):
+        write(f"  {name.replace('_', ' ') + ':':20} {getattr(report, name):>10,}")
+    columns = "; ".join(
+        f"{name} <- {', '.join(headers)}" for name, headers in report.columns.items()
+    )
+    write(f"columns: {columns}")
+    if report.ignored_columns:
+        write(f"ignored columns: {', '.join(report.ignored_columns)}")
+    for error in report.listed_errors[:errors_shown]:
+        write(f"row {error.row}: {error.reason}")
+    if report.errors > errors_shown:
+        write(f"... and {report.errors - errors_shown:,} more row errors (see --errors-file)")
+    if report.dry_run:
+        write("dry run: nothing was written; the counts say what an import would do")

@@ -1,0 +1,161 @@
+-- Imports: prospects from CSV (COPY into a staging table, then one merge) and the
+-- migration of the old mock store (users, prospects, call history).
+
+-- name: prepare_bulk_import
+-- Memory for the merge's sort and hash of a large file, for this transaction only.
+SELECT set_config('work_mem', '64MB', true);
+
+-- name: create_import_staging
+-- This import's staging table; it shadows the empty public shape (migration 004) in this
+-- session and is dropped at commit or rollback.
+CREATE TEMP TABLE import_staging (LIKE public.import_staging) ON COMMIT DROP;
+
+-- name: analyze_import_staging
+-- Statistics on the staged rows, so the merge plans with their real size.
+ANALYZE import_staging;
+
+-- name: known_statuses
+-- Every status a prospect may have.
+SELECT name FROM prospect_statuses ORDER BY position, name;
+
+-- name: known_time_zones
+-- Every IANA time zone the database knows.
+SELECT name FROM time_zones ORDER BY name;
+
+-- name: import_staging_has_nameless_rows
+-- Whether any staged row lacks a name (then some may be new phones that cannot be added).
+SELECT EXISTS (SELECT 1 FROM import_staging WHERE name IS NULL);
+
+-- name: import_staging_issues
+-- Staged rows that will not be written, in row order: a new phone without a name, and,
+-- when $1 (report mode), a phone that already belongs to a prospect. Only the first row of
+-- each phone counts; later ones are duplicates in the file.
+WITH firsts AS (
+    SELECT DISTINCT ON (s.phone) s.row_number, s.name, s.phone
+    FROM import_staging s
+    ORDER BY s.phone, s.row_number
+)
+SELECT f.row_number, f.phone, p.id AS prospect_id
+FROM firsts f
+LEFT JOIN prospects p ON p.phone = f.phone
+WHERE (p.id IS NULL AND f.name IS NULL) OR (p.id IS NOT NULL AND $1::boolean)
+ORDER BY f.row_number;
+
+-- name: preview_import_staging
+-- What merge_import_staging would do, writing nothing: distinct phones, new prospects,
+-- and existing prospects the file would change (an empty cell keeps the stored value).
+WITH firsts AS (
+    SELECT DISTINCT ON (s.phone) s.*
+    FROM import_staging s
+    ORDER BY s.phone, s.row_number
+)
+SELECT count(*) AS unique_phones,
+       count(*) FILTER (WHERE p.id IS NULL AND f.name IS NOT NULL) AS inserted,
+       count(*) FILTER (
+           WHERE p.id IS NOT NULL
+             AND (p.name, p.email, p.company, p.status, p.time_zone, p.priority)
+                 IS DISTINCT FROM
+                 (coalesce(f.name, p.name), coalesce(f.email, p.email),
+                  coalesce(f.company, p.company), coalesce(f.status, p.status),
+                  coalesce(f.time_zone, p.time_zone), coalesce(f.priority, p.priority))
+       ) AS changed
+FROM firsts f
+LEFT JOIN prospects p ON p.phone = f.phone;
+
+-- name: merge_import_staging
+-- Merge the staged rows in one statement: the first row of each phone wins; new phones
+-- with a name become prospects; when $1 (update mode), existing prospects take the
+-- file's non-empty cells where they differ (the status trigger logs real changes only).
+-- Rows go in in phone order, which keeps the phone index's inserts close together.
+WITH firsts AS (
+    SELECT DISTINCT ON (s.phone) s.*
+    FROM import_staging s
+    ORDER BY s.phone, s.row_number
+),
+updated AS (
+    UPDATE prospects p
+       SET name = coalesce(f.name, p.name),
+           email = coalesce(f.email, p.email),
+           company = coalesce(f.company, p.company),
+           status = coalesce(f.status, p.status),
+           time_zone = coalesce(f.time_zone, p.time_zone),
+           priority = coalesce(f.priority, p.priority)
+      FROM firsts f
+     WHERE $1::boolean
+       AND p.phone = f.phone
+       AND (p.name, p.email, p.company, p.status, p.time_zone, p.priority)
+           IS DISTINCT FROM
+           (coalesce(f.name, p.name), coalesce(f.email, p.email),
+            coalesce(f.company, p.company), coalesce(f.status, p.status),
+            coalesce(f.time_zone, p.time_zone), coalesce(f.priority, p.priority))
+    RETURNING 1
+),
+inserted AS (
+    INSERT INTO prospects (name, phone, email, company, status, time_zone, priority,
+                           phone_time_zones)
+    SELECT f.name, f.phone, f.email, f.company, coalesce(f.status, 'New'), f.time_zone,
+           coalesce(f.priority, 0), f.phone_time_zones
+    FROM firsts f
+    WHERE f.name IS NOT NULL
+    ON CONFLICT ON CONSTRAINT prospects_phone_key DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM firsts) AS unique_phones,
+       (SELECT count(*) FROM inserted) AS inserted,
+       (SELECT count(*) FROM updated) AS updated;
+
+-- name: lock_mock_import
+-- One mock import at a time, until this transaction ends. $1 lock key.
+SELECT pg_advisory_xact_lock($1);
+
+-- name: insert_imported_user
+-- A user from the mock store unless the email is taken (any case); no row when taken.
+-- $1 email, $2 name, $3 bcrypt hash, $4 role, $5 active, $6 created at or NULL.
+INSERT INTO users (email, name, password_hash, role, active, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, coalesce($6, now()), coalesce($6, now()))
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: insert_imported_prospect
+-- A prospect from the mock store unless its phone is taken; no row when taken.
+-- $1 name, $2 phone, $3 email, $4 company, $5 status, $6 last call, $7 created at or
+-- NULL, $8 updated at or NULL, $9 the phone's time zones.
+INSERT INTO prospects (name, phone, email, company, status, last_call, created_at, updated_at,
+                       phone_time_zones)
+VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), coalesce($8, $7, now()), $9)
+ON CONFLICT ON CONSTRAINT prospects_phone_key DO NOTHING
+RETURNING id;
+
+-- name: prospect_for_import
+-- The prospect with this phone, locked until the import commits. $1 E.164 phone.
+SELECT id, email, company, last_call FROM prospects WHERE phone = $1 FOR NO KEY UPDATE;
+
+-- name: fill_imported_prospect
+-- Fill an existing prospect's empty fields and move last_call forward. $1 id, $2 email,
+-- $3 company, $4 last call.
+UPDATE prospects SET email = $2, company = $3, last_call = $4 WHERE id = $1;
+
+-- name: insert_imported_calls
+-- A prospect's call history from parallel arrays, skipping calls already there (same
+-- prospect, caller and start); returns how many were added. $1 prospect id, $2 caller
+-- ids, $3 phones, $4 from numbers, $5 starts, $6 ends, $7 outcomes, $8 durations,
+-- $9 notes, $10 recording URLs.
+WITH added AS (
+    INSERT INTO call_logs (prospect_id, caller_id, phone_number, from_number, started_at,
+                           ended_at, outcome, duration, notes, recording_url)
+    SELECT $1, c.caller_id, c.phone_number, c.from_number, c.started_at, c.ended_at,
+           c.outcome, c.duration, c.notes, c.recording_url
+    FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+                $7::text[], $8::int[], $9::text[], $10::text[])
+         AS c(caller_id, phone_number, from_number, started_at, ended_at, outcome, duration,
+              notes, recording_url)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM call_logs l
+        WHERE l.prospect_id = $1 AND l.caller_id = c.caller_id AND l.started_at = c.started_at)
+    RETURNING 1
+)
+SELECT count(*) FROM added;
+
+-- name: known_dispositions
+-- Every call outcome.
+SELECT name FROM dispositions ORDER BY position, name;
