@@ -199,6 +199,12 @@ async def test_attempt_caps_at_their_boundaries(api: Api, team: Team, pool: asyn
     assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
         "MAX_ATTEMPTS_REACHED"
     )
+    # The queue sets it aside until the callee's next local day (midnight in New York).
+    waits_until = await pool.fetchval(
+        "SELECT recycle_until = (date_trunc('day', now() AT TIME ZONE 'America/New_York')"
+        " + interval '1 day') AT TIME ZONE 'America/New_York' FROM prospects"
+    )
+    assert waits_until is True
     # Yesterday's attempts no longer count for today; the total cap then holds at 3.
     await pool.execute("UPDATE call_logs SET started_at = started_at - interval '2 days'")
     call = await start(api, team.agent["token"], prospect["id"])
@@ -207,6 +213,8 @@ async def test_attempt_caps_at_their_boundaries(api: Api, team: Team, pool: asyn
     result = await explain(api, team.agent["token"], prospect["id"])
     reasons = [r["reason"] for r in result["rules"] if r["blocking"] and not r["queueOnly"]]
     assert reasons == ["Prospect reached 3 attempts in total"]
+    # Used up: it leaves the queue for good rather than being picked and refused again.
+    assert await pool.fetchval("SELECT final_at IS NOT NULL FROM prospects") is True
 
 
 async def test_rolling_cap_per_number(api: Api, team: Team, pool: asyncpg.Pool) -> None:

@@ -278,7 +278,8 @@ BEGIN
 
     -- Queue-only rules.
     RETURN QUERY SELECT 10, 'PROSPECT_CLOSED', v_prospect.final_at IS NOT NULL, true, NULL::timestamptz,
-        'A final outcome took the prospect out of the queue', v_last_time, v_last_caller;
+        'The prospect left the queue (a final outcome, or its attempts are used up)',
+        v_last_time, v_last_caller;
     RETURN QUERY SELECT 11, 'RECYCLE_DELAY', coalesce(v_prospect.recycle_until > p_at, false), true,
         v_prospect.recycle_until, 'The last outcome asks to wait before calling again',
         v_last_time, v_last_caller;
@@ -386,6 +387,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_call call_logs%ROWTYPE;
     v_disposition dispositions%ROWTYPE;
+    v_zones text[];
+    v_total bigint;
+    v_today bigint;
 BEGIN
     SELECT * INTO v_disposition FROM dispositions WHERE name = p_outcome;
     DELETE FROM active_calls WHERE id = p_active.id;
@@ -403,7 +407,24 @@ BEGIN
            recycle_until = CASE WHEN v_disposition.recycle_delay IS NULL THEN recycle_until
                                 ELSE now() + v_disposition.recycle_delay END,
            final_at = CASE WHEN v_disposition.is_final THEN coalesce(final_at, now()) ELSE final_at END
-     WHERE id = p_active.prospect_id;
+     WHERE id = p_active.prospect_id
+    RETURNING prospect_time_zones(time_zone, phone_time_zones) INTO v_zones;
+    -- A prospect that used up its attempts leaves the queue, and one that used up today's
+    -- waits for the callee's next local day: nextLead would only pick and refuse them again.
+    SELECT count(*), count(*) FILTER (WHERE c.started_at >=
+               date_trunc('day', now() AT TIME ZONE v_zones[1]) AT TIME ZONE v_zones[1])
+      INTO v_total, v_today
+      FROM call_logs_with_archive c WHERE c.prospect_id = p_active.prospect_id;
+    UPDATE prospects p
+       SET final_at = CASE WHEN v_total >= r.max_attempts_total THEN coalesce(p.final_at, now())
+                           ELSE p.final_at END,
+           recycle_until = CASE WHEN v_today >= r.max_attempts_per_day
+               THEN greatest(p.recycle_until, (date_trunc('day', now() AT TIME ZONE v_zones[1])
+                                               + interval '1 day') AT TIME ZONE v_zones[1])
+               ELSE p.recycle_until END
+      FROM dialing_rules r
+     WHERE p.id = p_active.prospect_id
+       AND (v_total >= r.max_attempts_total OR v_today >= r.max_attempts_per_day);
     IF v_disposition.adds_to_do_not_call THEN
         INSERT INTO do_not_call (phone, source, reason, added_by)
         VALUES (v_call.phone_number, 'disposition', 'Outcome: ' || p_outcome, acting_user_id())
@@ -530,6 +551,9 @@ BEGIN
             SELECT p.id INTO v_candidate FROM lead_assignments la JOIN prospects p ON p.id = la.prospect_id
             WHERE la.agent_id = p_agent_id AND la.active AND (la.expires_at IS NULL OR la.expires_at > now())
               AND p.final_at IS NULL AND p.erased_at IS NULL AND p.id <> ALL (v_seen)
+              AND (p.recycle_until IS NULL OR p.recycle_until <= now())
+              AND (p.last_call IS NULL OR p.last_call <= now() - min_call_interval())
+              AND NOT EXISTS (SELECT 1 FROM active_calls a WHERE a.prospect_id = p.id)
             ORDER BY p.priority DESC, p.last_call ASC NULLS FIRST, p.created_at, p.id
             LIMIT 1
             FOR UPDATE OF p SKIP LOCKED;
