@@ -414,10 +414,10 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
                 path.stat().st_size, lambda: os.lseek(source.fileno(), 0, os.SEEK_CUR)
             )
 
-            def progress(rows: int, staged: bool) -> None:
+            def progress(rows: int, done: bool) -> None:
                 bar.update(rows)
-                if staged:
-                    bar.finish(f"merging {rows:,} rows ...")
+                if done:
+                    bar.finish(f"read {rows:,} rows; committing")
 
             report = asyncio.run(run(source, on_error, progress))
     except DomainError as error:

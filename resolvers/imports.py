@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import heapq
 import io
 import itertools
 import re
@@ -39,8 +40,9 @@ from resolvers.errors import BadUserInput
 from sql.queries import QUERIES
 
 MODES = ("skip", "update", "report")
-# Big enough that per-batch overheads vanish, small enough that memory stays flat.
-BATCH_ROWS = 10_000
+# Rows read, staged and merged at a time: big enough that per-statement overheads vanish,
+# small enough that memory stays flat and the reading of the next chunk overlaps the merge.
+BATCH_ROWS = 20_000
 # How many row errors a report keeps; the command line can write every one to a file.
 MAX_LISTED_ERRORS = 100
 # The largest CSV the importProspects mutation takes in its argument.
@@ -142,15 +144,21 @@ class ImportReport:
     # Phones normalized by the fast path for E.164 and North American numbers.
     fast_phones: int = 0
     seconds: float = 0.0
-    # Of which: reading, checking and staging the file; merging it into prospects.
-    staging_seconds: float = 0.0
-    merge_seconds: float = 0.0
+    _kept: list[tuple[int, int, RowError]] = field(default_factory=list, repr=False)
 
     def add_error(self, error: RowError) -> None:
-        """Count an error and keep it if the list has room."""
+        """Count an error; keep it while it is among the MAX_LISTED_ERRORS first rows."""
         self.errors += 1
-        if len(self.listed_errors) < MAX_LISTED_ERRORS:
-            self.listed_errors.append(error)
+        # A heap of (-row, order, error): its top is the highest row kept, the one to drop.
+        item = (-error.row, self.errors, error)
+        if len(self._kept) < MAX_LISTED_ERRORS:
+            heapq.heappush(self._kept, item)
+        elif item > self._kept[0]:
+            heapq.heapreplace(self._kept, item)
+
+    def finish(self) -> None:
+        """Put the kept errors in row order into listed_errors."""
+        self.listed_errors = [item[2] for item in sorted(self._kept, key=lambda i: (-i[0], i[1]))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -391,6 +399,7 @@ class CsvImportOptions:
     region: str = "US"
     columns: Mapping[str, str] | None = None
     delimiter: str | None = None
+    batch_rows: int = BATCH_ROWS
 
 
 Partitions = list[list[StagedRow]]
@@ -407,11 +416,11 @@ def _partition(batch: list[StagedRow], parts: int) -> Partitions:
     return split
 
 
-async def _batches(rows: CsvRows, parts: int) -> AsyncIterator[Partitions]:
-    """Batches read on a worker thread, the next one read while the caller copies this one."""
+async def _batches(rows: CsvRows, parts: int, size: int) -> AsyncIterator[Partitions]:
+    """Batches read on a worker thread, the next one read while the caller merges this one."""
 
     def read() -> Partitions:
-        return _partition(rows.next_batch(), parts)
+        return _partition(rows.next_batch(size), parts)
 
     pending = asyncio.ensure_future(asyncio.to_thread(read))
     try:
@@ -439,26 +448,41 @@ async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
 
 @dataclass
 class _Merged:
-    unique: int
-    inserted: int
-    updated: int
-    unwritable: int
+    unique: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unwritable: int = 0
+
+    def add(self, other: _Merged) -> None:
+        self.unique += other.unique
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unwritable += other.unwritable
 
 
-async def _merge(
-    connection: Connection, options: CsvImportOptions, record_error: Callable[[RowError], None]
+async def _merge_chunk(
+    connection: Connection,
+    rows: list[StagedRow],
+    options: CsvImportOptions,
+    record_error: Callable[[RowError], None],
 ) -> _Merged:
-    """List what will not be written, then merge (or, in a dry run, preview) one partition."""
-    await connection.execute(QUERIES["analyze_import_staging"])
+    """Stage one chunk with COPY, report what will not be written, then merge it (or, in a
+    dry run, count what a merge would do)."""
+    await connection.copy_records_to_table(
+        "import_staging", records=rows, columns=STAGING_COLUMNS, schema_name="pg_temp"
+    )
     unwritable = await _list_unwritable_rows(connection, options.mode, record_error)
     if options.dry_run:
-        preview = await connection.fetchrow(QUERIES["preview_import_staging"])
+        preview = await connection.fetchrow(QUERIES["preview_import_chunk"])
         assert preview is not None
         changed = preview["changed"] if options.mode == "update" else 0
-        return _Merged(preview["unique_phones"], preview["inserted"], changed, unwritable)
-    merged = await connection.fetchrow(QUERIES["merge_import_staging"], options.mode == "update")
-    assert merged is not None
-    return _Merged(merged["unique_phones"], merged["inserted"], merged["updated"], unwritable)
+        merged = _Merged(preview["unique_phones"], preview["inserted"], changed, unwritable)
+    else:
+        row = await connection.fetchrow(QUERIES["merge_import_chunk"], options.mode == "update")
+        assert row is not None
+        merged = _Merged(row["unique_phones"], row["inserted"], row["updated"], unwritable)
+    await connection.execute(QUERIES["clear_import_staging"])
+    return merged
 
 
 async def import_csv(
@@ -472,14 +496,16 @@ async def import_csv(
 ) -> ImportReport:
     """Import prospects from CSV lines; nothing is written in a dry run.
 
-    Rows are split by phone over the connections, and each merges its share in its own
-    transaction, in parallel: PostgreSQL checks and indexes one inserted row on one core,
+    Chunks of rows are merged as they are read, while a worker thread reads the next
+    chunk: PostgreSQL inserting rows and Python reading them work at the same time.
+    Rows are split by phone over the connections, each merging its share in its own
+    transaction, in parallel: PostgreSQL checks and indexes an inserted row on one core,
     and that is most of an import's time. The transactions commit together once every
-    merge has succeeded; if any fails, all roll back.
+    chunk has merged; if any fails, all roll back.
 
-    on_error sees every row error (the report keeps the first MAX_LISTED_ERRORS);
-    on_progress gets the data rows read so far after each batch, and once more with
-    True when the whole file is staged and the merge begins.
+    on_error sees every row error (the report keeps the first MAX_LISTED_ERRORS rows');
+    on_progress gets the data rows read so far after each chunk, and once more with True
+    when the whole file is merged and the transactions are about to commit.
     """
     if options.mode not in MODES:
         raise BadUserInput(f"mode must be one of {', '.join(MODES)}", field="mode")
@@ -502,6 +528,7 @@ async def import_csv(
                 )
             await connection.execute(QUERIES["prepare_bulk_import"])
             await connection.execute(QUERIES["create_import_staging"])
+            await connection.execute(QUERIES["create_import_seen"])
         first = connections[0]
         statuses = [r["name"] for r in await first.fetch(QUERIES["known_statuses"])]
         zones = [r["name"] for r in await first.fetch(QUERIES["known_time_zones"])]
@@ -517,14 +544,14 @@ async def import_csv(
         report.columns = rows.column_names()
         report.ignored_columns = rows.ignored
         staged = 0
-        async for parts in _batches(rows, len(connections)):
-            await _all(
-                connection.copy_records_to_table(
-                    "import_staging", records=part, columns=STAGING_COLUMNS, schema_name="pg_temp"
-                )
+        total = _Merged()
+        async for parts in _batches(rows, len(connections), options.batch_rows):
+            for merged in await _all(
+                _merge_chunk(connection, part, options, record_error)
                 for connection, part in zip(connections, parts, strict=True)
                 if part
-            )
+            ):
+                total.add(merged)
             staged += sum(len(part) for part in parts)
             if on_progress is not None:
                 on_progress(rows.rows, False)
@@ -532,18 +559,13 @@ async def import_csv(
         report.fast_phones = rows.phones.fast
         if on_progress is not None:
             on_progress(rows.rows, True)
-        report.staging_seconds = time.perf_counter() - started
-        merged = await _all(_merge(c, options, record_error) for c in connections)
-        unique = sum(m.unique for m in merged)
-        # Row errors were counted as they were found; each unique phone not written and
-        # not listed as unwritable was skipped.
-        report.inserted = sum(m.inserted for m in merged)
-        report.updated = sum(m.updated for m in merged)
-        report.duplicates_in_file = staged - unique
-        unwritable = sum(m.unwritable for m in merged)
-        report.skipped = unique - report.inserted - report.updated - unwritable
+        # Row errors were counted as they were found; each phone new to the file that was
+        # neither written nor listed as unwritable was skipped.
+        report.inserted, report.updated = total.inserted, total.updated
+        report.duplicates_in_file = staged - total.unique
+        report.skipped = total.unique - total.inserted - total.updated - total.unwritable
         assert report.skipped >= 0, "staged rows went missing: is import_staging a temp table?"
-        report.listed_errors.sort(key=lambda error: error.row)
+        report.finish()
     except BaseException:
         for transaction in transactions:
             with contextlib.suppress(Exception):
@@ -555,7 +577,6 @@ async def import_csv(
         else:
             await transaction.commit()
     report.seconds = time.perf_counter() - started
-    report.merge_seconds = report.seconds - report.staging_seconds
     return report
 
 
@@ -569,7 +590,7 @@ async def _list_unwritable_rows(
         QUERIES["import_staging_has_nameless_rows"]
     ):
         return 0  # the usual case, without sorting the whole file once more
-    query = QUERIES["import_staging_issues"]
+    query = QUERIES["import_chunk_issues"]
     async for issue in connection.cursor(query, report_existing, prefetch=10_000):
         count += 1
         if issue["prospect_id"] is None:
@@ -653,10 +674,6 @@ def describe_import_report(
     rate = report.rows / report.seconds if report.seconds else 0.0
     write(
         f"rows: {report.rows:,} in {report.seconds:.1f} s ({rate:,.0f} rows/s), mode {report.mode}"
-    )
-    write(
-        f"  read and staged in {report.staging_seconds:.1f} s, "
-        f"merged in {report.merge_seconds:.1f} s"
     )
     for name in ("inserted", "updated", "skipped", "duplicates_in_file", "errors"):
         write(f"  {name.replace('_', ' ') + ':':20} {getattr(report, name):>10,}")

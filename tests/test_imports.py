@@ -302,19 +302,22 @@ async def test_unknown_mapped_column_is_refused(api: Api, team: Team) -> None:
     assert code == "BAD_USER_INPUT"
 
 
-async def test_merging_on_several_connections_counts_like_one(pool: asyncpg.Pool) -> None:
+async def test_chunks_and_connections_count_like_one_merge(pool: asyncpg.Pool) -> None:
     rng = random.Random(7)
     lines = ["name,phone,status"]
     for index in range(3000):
         number = f"212{200 + index % 1500 // 10}{index % 10:04d}"  # each twice
         written = rng.choice([f"+1{number}", f"({number[:3]}) {number[3:6]}-{number[6:]}"])
-        lines.append(f"P{index},{'555-01' if index % 211 == 0 else written},New")
+        name = "" if index % 389 == 0 else f"P{index}"
+        lines.append(f"{name},{'555-01' if index % 211 == 0 else written},New")
     text = "\n".join(lines) + "\n"
 
-    async def run_import(connections: int, dry_run: bool) -> imports.ImportReport:
+    async def run_import(
+        connections: int, dry_run: bool, batch_rows: int, mode: str = "update"
+    ) -> imports.ImportReport:
         held = [await pool.acquire() for _ in range(connections)]
         try:
-            options = imports.CsvImportOptions(mode="update", dry_run=dry_run)
+            options = imports.CsvImportOptions(mode=mode, dry_run=dry_run, batch_rows=batch_rows)
             return await imports.import_csv(held, io.StringIO(text, newline=""), options)
         finally:
             for connection in held:
@@ -327,19 +330,26 @@ async def test_merging_on_several_connections_counts_like_one(pool: asyncpg.Pool
             report.skipped,
             report.duplicates_in_file,
             report.errors,
-            [e.row for e in report.listed_errors],
+            [(e.row, e.reason) for e in report.listed_errors],
         )
 
-    alone = await run_import(1, dry_run=True)
+    # One chunk on one connection is the plain reading of the rules.
+    alone = await run_import(1, dry_run=True, batch_rows=100_000)
     good = [i for i in range(3000) if i % 211 != 0]
     phones = {f"212{200 + i % 1500 // 10}{i % 10:04d}" for i in good}
-    assert (alone.inserted, alone.errors) == (len(phones), 3000 - len(good))
     assert alone.duplicates_in_file == len(good) - len(phones) > 0
-    together = await run_import(3, dry_run=False)
+    # 15 broken phones (every 211th row), and rows 389, 778 and 1167: nameless and the first
+    # of their phones (rows 1556, 1945, ... are nameless too, but duplicates).
+    assert alone.errors == 15 + 3
+    # Small chunks (a phone's rows in different chunks) on three connections agree.
+    assert summary(await run_import(3, dry_run=True, batch_rows=97)) == summary(alone)
+    together = await run_import(3, dry_run=False, batch_rows=97)
     assert summary(together) == summary(alone)
     assert await pool.fetchval("SELECT count(*) FROM prospects") == alone.inserted
-    again = await run_import(3, dry_run=False)
+    again = await run_import(2, dry_run=False, batch_rows=250)
     assert (again.inserted, again.updated, again.skipped) == (0, 0, alone.inserted)
+    reported = await run_import(2, dry_run=True, batch_rows=250, mode="report")
+    assert reported.errors == alone.errors + alone.inserted
 
 
 async def test_nul_bytes_in_a_file_are_row_errors(pool: asyncpg.Pool) -> None:

@@ -1,18 +1,23 @@
--- Imports: prospects from CSV (COPY into a staging table, then one merge) and the
--- migration of the old mock store (users, prospects, call history).
+-- Imports: prospects from CSV (COPY into a staging table, merged a chunk at a time) and
+-- the migration of the old mock store (users, prospects, call history).
 
 -- name: prepare_bulk_import
--- Memory for the merge's sort and hash of a large file, for this transaction only.
+-- Memory for the merges' sorts and hashes, for this transaction only.
 SELECT set_config('work_mem', '64MB', true);
 
 -- name: create_import_staging
--- This import's staging table; it shadows the empty public shape (migration 004) in this
--- session and is dropped at commit or rollback.
+-- This import's staging table for one chunk of rows; it shadows the empty public shape
+-- (migration 004) in this session and is dropped at commit or rollback.
 CREATE TEMP TABLE import_staging (LIKE public.import_staging) ON COMMIT DROP;
 
--- name: analyze_import_staging
--- Statistics on the staged rows, so the merge plans with their real size.
-ANALYZE import_staging;
+-- name: create_import_seen
+-- The phones this import has handled, so that a later row with one is a duplicate in the
+-- file; shadows the public shape (migration 011) like import_staging.
+CREATE TEMP TABLE import_seen (LIKE public.import_seen INCLUDING INDEXES) ON COMMIT DROP;
+
+-- name: clear_import_staging
+-- Empty the staging table for the next chunk.
+TRUNCATE import_staging;
 
 -- name: known_statuses
 -- Every status a prospect may have.
@@ -26,10 +31,10 @@ SELECT name FROM time_zones ORDER BY name;
 -- Whether any staged row lacks a name (then some may be new phones that cannot be added).
 SELECT EXISTS (SELECT 1 FROM import_staging WHERE name IS NULL);
 
--- name: import_staging_issues
+-- name: import_chunk_issues
 -- Staged rows that will not be written, in row order: a new phone without a name, and,
 -- when $1 (report mode), a phone that already belongs to a prospect. Only the first row of
--- each phone counts; later ones are duplicates in the file.
+-- a phone in the file counts; later ones are duplicates. Run before the chunk's merge.
 WITH firsts AS (
     SELECT DISTINCT ON (s.phone) s.row_number, s.name, s.phone
     FROM import_staging s
@@ -38,16 +43,25 @@ WITH firsts AS (
 SELECT f.row_number, f.phone, p.id AS prospect_id
 FROM firsts f
 LEFT JOIN prospects p ON p.phone = f.phone
-WHERE (p.id IS NULL AND f.name IS NULL) OR (p.id IS NOT NULL AND $1::boolean)
+WHERE NOT EXISTS (SELECT 1 FROM import_seen n WHERE n.phone = f.phone)
+  AND ((p.id IS NULL AND f.name IS NULL) OR (p.id IS NOT NULL AND $1::boolean))
 ORDER BY f.row_number;
 
--- name: preview_import_staging
--- What merge_import_staging would do, writing nothing: distinct phones, new prospects,
--- and existing prospects the file would change (an empty cell keeps the stored value).
+-- name: preview_import_chunk
+-- What merge_import_chunk would do, writing nothing but the phones seen: phones new to
+-- the import, new prospects, and existing prospects the rows would change (an empty cell
+-- keeps the stored value).
 WITH firsts AS (
     SELECT DISTINCT ON (s.phone) s.*
     FROM import_staging s
     ORDER BY s.phone, s.row_number
+),
+fresh AS MATERIALIZED (
+    SELECT f.* FROM firsts f
+    WHERE NOT EXISTS (SELECT 1 FROM import_seen n WHERE n.phone = f.phone)
+),
+seen AS (
+    INSERT INTO import_seen (phone) SELECT phone FROM fresh
 )
 SELECT count(*) AS unique_phones,
        count(*) FILTER (WHERE p.id IS NULL AND f.name IS NOT NULL) AS inserted,
@@ -59,18 +73,26 @@ SELECT count(*) AS unique_phones,
                   coalesce(f.company, p.company), coalesce(f.status, p.status),
                   coalesce(f.time_zone, p.time_zone), coalesce(f.priority, p.priority))
        ) AS changed
-FROM firsts f
+FROM fresh f
 LEFT JOIN prospects p ON p.phone = f.phone;
 
--- name: merge_import_staging
--- Merge the staged rows in one statement: the first row of each phone wins; new phones
--- with a name become prospects; when $1 (update mode), existing prospects take the
--- file's non-empty cells where they differ (the status trigger logs real changes only).
--- Rows go in in phone order, which keeps the phone index's inserts close together.
+-- name: merge_import_chunk
+-- Merge a chunk in one statement. The first row of each phone in the file wins: phones the
+-- import has seen are skipped. New phones with a name become prospects; when $1 (update
+-- mode), existing prospects take the rows' non-empty cells where they differ (the status
+-- trigger logs real changes only). Rows go in in phone order (as DISTINCT ON leaves them)
+-- with time-ordered ids, so the indexes of prospects take them close together.
 WITH firsts AS (
     SELECT DISTINCT ON (s.phone) s.*
     FROM import_staging s
     ORDER BY s.phone, s.row_number
+),
+fresh AS MATERIALIZED (
+    SELECT f.* FROM firsts f
+    WHERE NOT EXISTS (SELECT 1 FROM import_seen n WHERE n.phone = f.phone)
+),
+seen AS (
+    INSERT INTO import_seen (phone) SELECT phone FROM fresh
 ),
 updated AS (
     UPDATE prospects p
@@ -80,7 +102,7 @@ updated AS (
            status = coalesce(f.status, p.status),
            time_zone = coalesce(f.time_zone, p.time_zone),
            priority = coalesce(f.priority, p.priority)
-      FROM firsts f
+      FROM fresh f
      WHERE $1::boolean
        AND p.phone = f.phone
        AND (p.name, p.email, p.company, p.status, p.time_zone, p.priority)
@@ -91,16 +113,16 @@ updated AS (
     RETURNING 1
 ),
 inserted AS (
-    INSERT INTO prospects (name, phone, email, company, status, time_zone, priority,
+    INSERT INTO prospects (id, name, phone, email, company, status, time_zone, priority,
                            phone_time_zones)
-    SELECT f.name, f.phone, f.email, f.company, coalesce(f.status, 'New'), f.time_zone,
-           coalesce(f.priority, 0), f.phone_time_zones
-    FROM firsts f
+    SELECT bulk_prospect_id(), f.name, f.phone, f.email, f.company, coalesce(f.status, 'New'),
+           f.time_zone, coalesce(f.priority, 0), f.phone_time_zones
+    FROM fresh f
     WHERE f.name IS NOT NULL
     ON CONFLICT ON CONSTRAINT prospects_phone_key DO NOTHING
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM firsts) AS unique_phones,
+SELECT (SELECT count(*) FROM fresh) AS unique_phones,
        (SELECT count(*) FROM inserted) AS inserted,
        (SELECT count(*) FROM updated) AS updated;
 
