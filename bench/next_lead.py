@@ -26,7 +26,8 @@ Two phases:
 
 Then EXPLAIN (ANALYZE, BUFFERS) of the pool-stage candidate query of next_lead(), of the
 statements inside call_eligibility(), the nested statements of one next_lead() call (via
-auto_explain) and the time of queue_holds() (the "nothing callable" answer).
+auto_explain), the time of queue_holds() (the "nothing callable" answer), and both again with
+every zone's calling hours closed (at night: nothing is callable anywhere).
 
 Usage: .venv/bin/python bench/next_lead.py [--seconds 15] [--warmup 3]
            [--prospects 1000000] [--call-logs 10000000] [--concurrency 16,64]
@@ -405,7 +406,10 @@ UPDATE prospects SET final_at = now() WHERE final_at IS NULL AND last_call IS NU
 
 # --- plans ------------------------------------------------------------------------------
 
-OPEN_ZONES = "SELECT open_time_zones(now())"
+# The sets of zones of the queue whose calling hours are open now.
+OPEN_ZONES = "SELECT array_agg(array_to_string(zones, '+')) FROM open_queue_zones(now())"
+# Every weekday closed (in a transaction that is rolled back): nothing is callable.
+CLOSE_ALL_HOURS = "DELETE FROM calling_hours"
 # call_eligibility() runs in this transaction so far.
 XACT_ELIGIBILITY_CHECKS = """
 SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'call_eligibility'
@@ -421,7 +425,8 @@ SET auto_explain.log_level = 'notice';
 ZONE_ARRAY = re.compile(r"'\{[^}]{300,}\}'::text\[\]")
 # A prospect in the queue with a long history, at the head of the worn queue.
 SOME_CALLED_PROSPECT = """
-SELECT p.id AS prospect, p.phone, (prospect_time_zones(p.time_zone, p.phone_time_zones))[1] AS zone
+SELECT p.id AS prospect, p.phone, (prospect_time_zones(p.time_zone, p.phone_time_zones))[1] AS zone,
+       p.queue_zones
 FROM prospects p
 WHERE p.final_at IS NULL AND p.last_call IS NOT NULL
 ORDER BY p.priority DESC, p.last_call ASC NULLS FIRST, p.created_at, p.id
@@ -430,10 +435,15 @@ LIMIT 1
 FUNCTION_SOURCE = "SELECT prosrc FROM pg_proc WHERE proname = $1"
 # The statements to EXPLAIN, found in the live function bodies (so they follow any edit to
 # the functions): (title, function, pattern). Their PL/pgSQL variables become parameters.
+POOL_RANKING = (
+    "pool stage, open sets of zones by their heads",
+    "next_lead",
+    r"SELECT k\.zones\s+FROM open_queue_zones\(now\(\)\) k.*?h\.created_at, h\.id(?=\s+LOOP)",
+)
 POOL_STAGE = (
     "pool stage",
     "next_lead",
-    r"SELECT p\.id INTO v_candidate FROM prospects p\s.*?SKIP LOCKED",
+    r"SELECT q\.id INTO v_candidate FROM queue_pool q\s.*?SKIP LOCKED",
 )
 ELIGIBILITY_STATEMENTS = (
     (
@@ -467,7 +477,7 @@ SUBSTITUTIONS = (
     (r"\bv_day_start\b", "(date_trunc('day', now() AT TIME ZONE %zone%) AT TIME ZONE %zone%)"),
     (r"\bp_at\b", "now()"),
     (r"\bv_rules\.(\w+)", r"(SELECT \1 FROM dialing_rules)"),
-    (r"\bv_open_zones\b", "%zones%"),
+    (r"\bv_zones\b", "%zones%"),
     (r"\bv_seen\b", "%seen%"),
     (r"\bp_agent_id\b", "%agent%"),
     (r"\bv_grace\b", "(SELECT callback_grace FROM dialing_rules)"),
@@ -1077,7 +1087,11 @@ class Plans:
     """Query plans and timings, as text."""
 
     pool_stage: str = ""
+    pool_ranking: str = ""
     open_zones: int = 0
+    open_zone_sets: str = ""
+    closed_next_lead_ms: float = 0.0
+    closed_queue_holds_ms: float = 0.0
     open_zones_ms: float = 0.0
     eligibility: dict[str, str] = field(default_factory=dict)
     call_eligibility_ms: float = 0.0
@@ -1198,23 +1212,28 @@ async def collect_plans(url: str, seeded: Seeded) -> Plans:
         await setup.close()
     connection = await plans_connection(url, prospect["prospect"], agent)
     try:
-        zones = await connection.fetchval(OPEN_ZONES)
-        plans.open_zones = len(zones)
+        sets = await connection.fetchval(OPEN_ZONES)
+        plans.open_zones = len(sets or [])
+        plans.open_zone_sets = ", ".join(sets or [])
         values = {
             "prospect": prospect["prospect"],
             "phone": prospect["phone"],
             "zone": prospect["zone"],
-            "zones": zones,
+            "zones": prospect["queue_zones"],
             "seen": [],
             "agent": agent,
         }
-        _, function, pattern = POOL_STAGE
-        found = await function_statement(connection, function, pattern, values)
-        if found is None:
-            plans.pool_stage = "(next_lead() has no pool-stage SELECT this script recognizes)"
-        else:
-            plans.pool_stage = await explain(connection, found[0], *found[1])
-            plans.indexes_used["pool stage"] = scans(plans.pool_stage)
+        for (title, function, pattern), attribute in (
+            (POOL_RANKING, "pool_ranking"),
+            (POOL_STAGE, "pool_stage"),
+        ):
+            found = await function_statement(connection, function, pattern, values)
+            if found is None:
+                setattr(plans, attribute, f"(next_lead() has no {title} this script recognizes)")
+            else:
+                plan = await explain(connection, found[0], *found[1])
+                setattr(plans, attribute, " ".join(found[0].split()) + "\n" + plan)
+                plans.indexes_used[title] = scans(plan)
 
         began = time.perf_counter()
         await connection.fetch(
@@ -1260,6 +1279,19 @@ async def collect_plans(url: str, seeded: Seeded) -> Plans:
         began = time.perf_counter()
         await connection.fetch(QUERIES["queue_holds"], agent)
         plans.queue_holds_ms = (time.perf_counter() - began) * 1000
+        # At night: every zone closed, so nextLead finds nothing and counts why.
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            await connection.execute(CLOSE_ALL_HOURS)
+            began = time.perf_counter()
+            assert await connection.fetch("SELECT * FROM next_lead($1)", agent) == []
+            plans.closed_next_lead_ms = (time.perf_counter() - began) * 1000
+            began = time.perf_counter()
+            await connection.fetch(QUERIES["queue_holds"], agent)
+            plans.closed_queue_holds_ms = (time.perf_counter() - began) * 1000
+        finally:
+            await transaction.rollback()
         plans.queue_holds_plan = await explain(connection, QUERIES["queue_holds"], agent)
         plans.indexes_used["queue_holds"] = scans(plans.queue_holds_plan)
     finally:
@@ -1380,6 +1412,10 @@ def summary(results: list[Result], plans: Plans) -> str:
             f"{probe.checks} call_eligibility() runs"
         )
     lines.append(f"nothing callable: queue_holds() takes {plans.queue_holds_ms:.0f} ms")
+    lines.append(
+        f"every zone closed: next_lead() finds nothing in {plans.closed_next_lead_ms:.0f} ms, "
+        f"queue_holds() counts why in {plans.closed_queue_holds_ms:.0f} ms"
+    )
     return "\n".join(lines)
 
 
@@ -1508,10 +1544,15 @@ def report(
     print("== Plans (after the fresh phase) ==")
     print()
     print(
-        f"pool stage of next_lead() ($1 = open_time_zones(now()): {plans.open_zones} zones, "
-        f"{plans.open_zones_ms:.1f} ms to compute; $2 = '{{}}' rejected so far):"
+        f"open_queue_zones(now()): {plans.open_zones} sets of zones open "
+        f"({plans.open_zone_sets}), {plans.open_zones_ms:.1f} ms to find"
     )
-    print(indent(ZONE_ARRAY.sub(f"'{{...{plans.open_zones} zones...}}'::text[]", plans.pool_stage)))
+    print()
+    print("pool stage of next_lead(), the open sets ranked by their heads (no locks):")
+    print(indent(plans.pool_ranking))
+    print()
+    print("pool stage of next_lead(), the best free row of one set, locked ('{}' rejected so far):")
+    print(indent(plans.pool_stage))
     print()
     print(
         f"call_eligibility(<queue-head called prospect>, <agent>): "

@@ -350,6 +350,62 @@ async def test_do_not_call_added_mid_queue_is_honoured_on_the_next_call(
     assert (await next_lead(api, team.agents[1]["token"]))["nothingCallable"] is True
 
 
+def zones_open_and_closed_now() -> tuple[str, str]:
+    """Two fixed-offset zones: local time is about noon in the first and about midnight in
+    the second, whatever the hour the test runs (with hours 09:00-15:00 every day)."""
+    hour = datetime.now(UTC).hour
+    noon = 12 - hour  # UTC offset of the zone where it is now about noon: -11 .. +12
+    midnight = noon - 12 if noon - 12 >= -12 else noon + 12
+
+    def etc(offset: int) -> str:
+        # POSIX sign: Etc/GMT-9 is nine hours ahead of UTC.
+        return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+    return etc(noon), etc(midnight)
+
+
+async def test_next_lead_passes_over_closed_zones_to_an_open_one(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    """Prospects ahead in the queue whose hours are closed (in any of their zones) are passed
+    over, and counted; an open one behind them is handed out."""
+    open_zone, closed_zone = zones_open_and_closed_now()
+    await pool.execute("UPDATE calling_hours SET opens_at = '09:00', closes_at = '15:00'")
+    rows = [
+        ("Closed", closed_zone, None, 9),
+        ("Open", open_zone, None, 0),
+        ("Spanning", None, [open_zone, closed_zone], 5),
+        ("Closed too", None, [closed_zone], 7),
+    ]
+    ids = {}
+    for name, zone, phone_zones, priority in rows:
+        prospect = await add_prospect(api, team.manager["token"], nyc_phone(), name=name)
+        ids[name] = prospect["id"]
+        await pool.execute(
+            "UPDATE prospects SET time_zone = $2, phone_time_zones = coalesce($3::text[], '{}'),"
+            " priority = $4 WHERE id = $1",
+            prospect["id"],
+            zone,
+            phone_zones,
+            priority,
+        )
+    lead = await next_lead(api, team.agent["token"])
+    assert lead["prospect"]["name"] == "Open"
+    nothing = await next_lead(api, team.agents[1]["token"])
+    assert nothing["nothingCallable"] is True
+    held = {h["code"]: h["prospects"] for h in nothing["heldBack"]}
+    assert held["OUTSIDE_CALLING_HOURS"] == 3
+    assert held["ALREADY_IN_CALL"] == 1
+    # The same answer, prospect by prospect.
+    for name in ("Closed", "Spanning", "Closed too"):
+        assert "OUTSIDE_CALLING_HOURS" in blocking(
+            await explain(api, team.manager["token"], ids[name])
+        )
+    # Opening the closed zone's hours makes the best of them next, with no job or rewrite.
+    await pool.execute("UPDATE calling_hours SET opens_at = '00:00', closes_at = '24:00'")
+    assert (await next_lead(api, team.agents[1]["token"]))["prospect"]["name"] == "Closed"
+
+
 ROUNDS = 10
 AGENTS = 20
 
@@ -377,6 +433,18 @@ async def test_twenty_agents_pull_from_one_queue(api: Api, team: Team, pool: asy
         await pool.execute(
             "INSERT INTO do_not_call (phone, source) SELECT phone, 'api' FROM prospects"
             " ORDER BY phone DESC LIMIT 5"
+        )
+        # Spread over several sets of zones (each its own part of the queue index).
+        await pool.execute(
+            """
+            UPDATE prospects p SET time_zone = (ARRAY['America/Chicago', 'Europe/Paris',
+                                                      'Asia/Tokyo', NULL])[1 + n.i % 4],
+                                   phone_time_zones = CASE WHEN n.i % 5 = 0
+                                       THEN ARRAY['America/Denver', 'America/Phoenix']
+                                       ELSE '{}' END
+            FROM (SELECT id, row_number() OVER (ORDER BY phone) AS i FROM prospects) n
+            WHERE n.id = p.id
+            """
         )
         results = await asyncio.gather(*(next_lead(api, agent["token"]) for agent in agents))
         handed = [r["prospect"]["id"] for r in results if not r["nothingCallable"]]
