@@ -1504,8 +1504,8 @@ def report(
     print(
         "leads/s counts nextLead answers completed in the window (endCall is not timed); "
         "first¼/last¼: the rate in the first and last quarter of it. checks: "
-        "call_eligibility() runs per next_lead() (2.00 = the first candidate was taken: one "
-        "check by next_lead, one by begin_call; each rejected candidate adds one). db ms: "
+        "call_eligibility() runs per next_lead() (1.00 = the first candidate was taken; "
+        "each rejected candidate adds one). db ms: "
         "mean time inside next_lead() (pg_stat_user_functions). nothing: nothingCallable "
         "answers. dup: prospects handed to two agents at once or twice in the run. errors: "
         "failed nextLead or endCall. others: cores busy with other processes on the machine "

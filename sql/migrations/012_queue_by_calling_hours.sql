@@ -1,5 +1,5 @@
 -- Order the queue under the zones whose calling hours each prospect follows, so that the
--- prospects in closed zones cost nextLead nothing.
+-- prospects in closed zones cost nextLead nothing; and check nextLead's candidate once.
 --
 -- Before, the pool was one index in priority order, and every prospect whose hours were
 -- closed was read and rejected on the way to a callable one: in the evening, with the East
@@ -70,6 +70,60 @@ WHERE p.final_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM do_not_call d
                   WHERE d.phone = p.phone AND d.removed_at IS NULL
                     AND (d.expires_at IS NULL OR d.expires_at > now()));
+
+-- Record the start of a call that every rule has allowed, on a prospect row the caller
+-- holds locked: the call log, the active call (the unique prospect_id turns a race into
+-- ALREADY_IN_CALL), due callbacks marked taken, and the event for the wallboards.
+CREATE FUNCTION open_call(
+    p_prospect_id uuid, p_caller_id uuid, p_phone_number text, p_from_number text,
+    OUT active_call_id uuid, OUT call_log_id uuid, OUT started_at timestamptz,
+    OUT active_call jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_active active_calls%ROWTYPE;
+BEGIN
+    INSERT INTO call_logs (prospect_id, caller_id, phone_number, from_number)
+    VALUES (p_prospect_id, p_caller_id, p_phone_number, p_from_number)
+    RETURNING call_logs.id, call_logs.started_at INTO call_log_id, started_at;
+    BEGIN
+        INSERT INTO active_calls (prospect_id, caller_id, call_log_id, phone_number, started_at,
+                                  lease_expires_at)
+        VALUES (p_prospect_id, p_caller_id, call_log_id, p_phone_number, started_at,
+                started_at + active_call_timeout())
+        RETURNING * INTO v_active;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM raise_domain_error('ALREADY_IN_CALL', 'Prospect is currently on another call');
+    END;
+    UPDATE callbacks SET taken_at = now(), call_log_id = open_call.call_log_id
+    WHERE prospect_id = p_prospect_id AND taken_at IS NULL AND due_at <= now() + interval '1 hour';
+    active_call_id := v_active.id;
+    active_call := active_call_json(v_active);
+    PERFORM publish_call_event('STARTED', v_active, NULL);
+END
+$$;
+
+-- Start a call on a prospect whose row the caller already locked: every rule is checked
+-- in this transaction, then open_call() records it.
+CREATE OR REPLACE FUNCTION begin_call(
+    p_prospect_id uuid, p_caller_id uuid, p_phone_number text, p_from_number text, p_queue boolean,
+    OUT active_call_id uuid, OUT call_log_id uuid, OUT started_at timestamptz,
+    OUT phone_number text, OUT active_call jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_refusal record;
+BEGIN
+    phone_number := coalesce(p_phone_number, (SELECT p.phone FROM prospects p WHERE p.id = p_prospect_id));
+    SELECT * INTO v_refusal FROM call_refusal(p_prospect_id, p_caller_id, phone_number, p_queue);
+    IF v_refusal.code IS NOT NULL THEN
+        PERFORM raise_domain_error(v_refusal.code, v_refusal.reason, jsonb_strip_nulls(jsonb_build_object(
+            'lastCallTime', v_refusal.last_call_time,
+            'lastCallerId', v_refusal.last_caller_id,
+            'until', v_refusal.until)));
+    END IF;
+    SELECT * INTO active_call_id, call_log_id, started_at, active_call
+    FROM open_call(p_prospect_id, p_caller_id, phone_number, p_from_number);
+END
+$$;
 
 -- Hand the agent the best callable prospect and start the call, in one transaction: due
 -- callbacks (their own first), then their assignments, then the pool by priority and age.
@@ -142,9 +196,11 @@ BEGIN
         ELSIF EXISTS (SELECT 1 FROM call_refusal(v_candidate, p_agent_id, NULL, true)) THEN
             v_seen := v_seen || v_candidate;
         ELSE
+            -- Checked just now under this transaction's lock: record it without a second check.
             prospect_id := v_candidate;
-            SELECT * INTO active_call_id, call_log_id, started_at, phone_number, active_call
-            FROM begin_call(v_candidate, p_agent_id, NULL, NULL, true);
+            phone_number := (SELECT p.phone FROM prospects p WHERE p.id = v_candidate);
+            SELECT * INTO active_call_id, call_log_id, started_at, active_call
+            FROM open_call(v_candidate, p_agent_id, phone_number, NULL);
             RETURN NEXT;
             RETURN;
         END IF;
