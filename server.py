@@ -11,12 +11,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import asyncpg
 from starlette.applications import Starlette
@@ -34,7 +34,16 @@ import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.schema import create_schema
-from resolvers import archive, calls, demo, imports, mock_store, reports, users
+from resolvers import (
+    archive,
+    calls,
+    demo,
+    do_not_call_imports,
+    imports,
+    mock_store,
+    reports,
+    users,
+)
 from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.errors import DomainError
 from resolvers.events import Hub, Listener
@@ -359,48 +368,24 @@ def command_export_schema(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
-    """Import prospects from a CSV file; exit 1 when rows were rejected, 2 when unusable."""
-    columns = dict(pair.split("=", 1) for pair in args.map if "=" in pair)
-    if len(columns) != len(args.map):
-        print("error: --map takes FIELD=HEADER, e.g. --map phone='Cell Phone'", file=sys.stderr)
-        return 2
-    path = Path(args.file)
+ReportT = TypeVar("ReportT", bound=imports.ImportReportBase)
+RowErrorSink = Callable[[imports.RowError], object] | None
+Progress = Callable[[int, bool], None]
+# An import of an open file into the database at a URL.
+FileImport = Callable[[str, TextIO, RowErrorSink, Progress], Coroutine[Any, Any, ReportT]]
+
+
+def run_file_import(
+    settings: Settings, path: Path, args: argparse.Namespace, run: FileImport[ReportT]
+) -> int:
+    """Migrate the database, then run an import of a file with a progress bar on stderr
+    and, with --errors-file, every rejected row written to a CSV; print the report. Exit 1
+    when rows were rejected, 2 when the file is unusable."""
     if not path.is_file():
         print(f"error: no such file: {path}", file=sys.stderr)
         return 2
-    options = imports.CsvImportOptions(
-        mode=args.mode,
-        dry_run=args.dry_run,
-        region=settings.default_phone_region,
-        columns=columns,
-        delimiter=args.delimiter,
-    )
     db = open_database(settings)
     asyncio.run(apply_migrations(db.url))
-
-    async def run(
-        source: TextIO,
-        on_error: Callable[[imports.RowError], object] | None,
-        progress: Callable[[int, bool], None],
-    ) -> imports.ImportReport:
-        # One connection per job: each merges its share of the phones in parallel.
-        pool = await database.create_pool(
-            db.url,
-            min_call_interval_seconds=settings.min_call_interval_seconds,
-            min_size=args.jobs,
-            max_size=args.jobs,
-        )
-        connections = [await pool.acquire() for _ in range(args.jobs)]
-        try:
-            return await imports.import_csv(
-                connections, source, options, on_error=on_error, on_progress=progress
-            )
-        finally:
-            for connection in connections:
-                await pool.release(connection)
-            await pool.close()
-
     try:
         with contextlib.ExitStack() as files:
             source = files.enter_context(path.open(encoding=args.encoding, newline=""))
@@ -419,7 +404,7 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
                 if done:
                     bar.finish(f"read {rows:,} rows; committing")
 
-            report = asyncio.run(run(source, on_error, progress))
+            report = asyncio.run(run(db.url, source, on_error, progress))
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
@@ -431,6 +416,78 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     imports.describe_import_report(report, print)
     return 1 if report.errors else 0
+
+
+def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
+    """Import prospects from a CSV file; exit 1 when rows were rejected, 2 when unusable."""
+    columns = dict(pair.split("=", 1) for pair in args.map if "=" in pair)
+    if len(columns) != len(args.map):
+        print("error: --map takes FIELD=HEADER, e.g. --map phone='Cell Phone'", file=sys.stderr)
+        return 2
+    options = imports.CsvImportOptions(
+        mode=args.mode,
+        dry_run=args.dry_run,
+        region=settings.default_phone_region,
+        columns=columns,
+        delimiter=args.delimiter,
+    )
+
+    async def run(
+        url: str, source: TextIO, on_error: RowErrorSink, progress: Progress
+    ) -> imports.ImportReport:
+        # One connection per job: each merges its share of the phones in parallel.
+        pool = await database.create_pool(
+            url,
+            min_call_interval_seconds=settings.min_call_interval_seconds,
+            min_size=args.jobs,
+            max_size=args.jobs,
+        )
+        connections = [await pool.acquire() for _ in range(args.jobs)]
+        try:
+            return await imports.import_csv(
+                connections, source, options, on_error=on_error, on_progress=progress
+            )
+        finally:
+            for connection in connections:
+                await pool.release(connection)
+            await pool.close()
+
+    return run_file_import(settings, Path(args.file), args, run)
+
+
+def command_import_dnc(settings: Settings, args: argparse.Namespace) -> int:
+    """List the numbers of a file on the Do-Not-Call registry; exit 1 when rows were
+    rejected, 2 when the file or an option is unusable."""
+    expires_at = None
+    if args.expires_at is not None:
+        expires_at = do_not_call_imports.parse_expiry(args.expires_at)
+        if expires_at is None:
+            print(
+                f"error: --expires-at {args.expires_at!r} is not an ISO 8601 date or time",
+                file=sys.stderr,
+            )
+            return 2
+    options = do_not_call_imports.DoNotCallImportOptions(
+        scope=args.scope,
+        reason=args.reason,
+        expires_at=expires_at,
+        dry_run=args.dry_run,
+        region=settings.default_phone_region,
+    )
+
+    async def run(
+        url: str, source: TextIO, on_error: RowErrorSink, progress: Progress
+    ) -> do_not_call_imports.DoNotCallImportReport:
+        pool = await _with_pool(settings, url)
+        try:
+            async with pool.acquire() as connection:
+                return await do_not_call_imports.import_do_not_call(
+                    connection, source, options, on_error=on_error, on_progress=progress
+                )
+        finally:
+            await pool.close()
+
+    return run_file_import(settings, Path(args.file), args, run)
 
 
 def command_import_mock(settings: Settings, args: argparse.Namespace) -> int:
@@ -542,6 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="database connections merging in parallel (default: cores, at most 4)",
     )
     import_csv.set_defaults(run=command_import_csv)
+    import_dnc = commands.add_parser(
+        "import-dnc",
+        help="list the numbers of a file (a plain list or a CSV) on the Do-Not-Call registry",
+    )
+    import_dnc.add_argument("file")
+    import_dnc.add_argument("--scope", help="the list the numbers come from, e.g. national")
+    import_dnc.add_argument("--reason", help="why they are listed")
+    import_dnc.add_argument(
+        "--expires-at", metavar="ISO8601", help="when the entries expire (default: never)"
+    )
+    import_dnc.add_argument("--dry-run", action="store_true", help="write nothing; show counts")
+    import_dnc.add_argument("--encoding", default="utf-8-sig")
+    import_dnc.add_argument("--errors-file", help="write every rejected row to this CSV")
+    import_dnc.set_defaults(run=command_import_dnc)
     import_mock = commands.add_parser("import-mock", help="migrate the old mock store (JSON)")
     import_mock.add_argument("file")
     import_mock.add_argument("--dry-run", action="store_true", help="write nothing; show counts")

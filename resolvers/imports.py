@@ -6,6 +6,9 @@ so memory holds a batch or two whatever the file's size. Rows are split by phone
 one or more connections; each stages its share in a TEMP table and merges it in one
 statement, all at the same time. Every data row ends in exactly one count: inserted,
 updated, skipped, duplicates in the file, or errors.
+
+The reading (PhoneRows, map_columns), batching (read_ahead), transactions and reports
+here also serve the Do-Not-Call import (resolvers/do_not_call_imports.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import itertools
 import re
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -29,7 +33,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import TextIO, TypeVar, cast
+from typing import ClassVar, Generic, TextIO, TypeVar, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -126,23 +130,22 @@ class RowError:
     field: str | None = None
 
 
-@dataclass
-class ImportReport:
-    """What an import did (or, in a dry run, would do)."""
+@dataclass(kw_only=True)
+class ImportReportBase:
+    """What a bulk import did (or, in a dry run, would do): rows read, row errors, time.
 
-    mode: str
+    Subclasses add their counts and name them in COUNTS, in the order they are printed.
+    """
+
+    COUNTS: ClassVar[tuple[str, ...]] = ()
+
     dry_run: bool
     rows: int = 0
-    inserted: int = 0
-    updated: int = 0
-    skipped: int = 0
     duplicates_in_file: int = 0
     errors: int = 0
     listed_errors: list[RowError] = field(default_factory=list)
     columns: dict[str, list[str]] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
-    # Phones normalized by the fast path for E.164 and North American numbers.
-    fast_phones: int = 0
     seconds: float = 0.0
     _kept: list[tuple[int, int, RowError]] = field(default_factory=list, repr=False)
 
@@ -156,9 +159,43 @@ class ImportReport:
         elif item > self._kept[0]:
             heapq.heapreplace(self._kept, item)
 
+    def error_recorder(
+        self, on_error: Callable[[RowError], object] | None
+    ) -> Callable[[RowError], None]:
+        """A callback that counts each error here, then hands it to on_error if given."""
+
+        def record_error(error: RowError) -> None:
+            self.add_error(error)
+            if on_error is not None:
+                on_error(error)
+
+        return record_error
+
     def finish(self) -> None:
         """Put the kept errors in row order into listed_errors."""
         self.listed_errors = [item[2] for item in sorted(self._kept, key=lambda i: (-i[0], i[1]))]
+
+    def heading(self) -> str:
+        """How the import ran, for the report's first line."""
+        return ""
+
+
+@dataclass(kw_only=True)
+class ImportReport(ImportReportBase):
+    """What a prospect import did (or, in a dry run, would do)."""
+
+    COUNTS = ("inserted", "updated", "skipped", "duplicates_in_file", "errors")
+
+    mode: str
+    inserted: int = 0
+    updated: int = 0
+    skipped: int = 0
+    # Phones normalized by the fast path for E.164 and North American numbers.
+    fast_phones: int = 0
+
+    def heading(self) -> str:
+        """The mode."""
+        return f"mode {self.mode}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,6 +212,8 @@ StagedRow = tuple[
     int | None,
     tuple[str, ...],
 ]
+# A row staged for COPY, whatever the import.
+R = TypeVar("R")
 
 
 def _pick_delimiter(header_line: str) -> str:
@@ -183,114 +222,128 @@ def _pick_delimiter(header_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
-def _clean(value: str) -> str | None:
+def clean_cell(value: str) -> str | None:
+    """A cell's text without surrounding spaces; None when nothing is left."""
     value = value.strip()
     return value or None
 
 
-class CsvRows:
-    """The data rows of a CSV, validated and normalized, in batches ready for COPY.
+def read_first_line(source: Iterable[str], empty_message: str) -> tuple[str, Iterator[str]]:
+    """The first line of a file and the lines after it; BAD_USER_INPUT when it is blank."""
+    lines: Iterator[str] = iter(source)
+    first = next(lines, "")
+    if not first.strip():
+        raise BadUserInput(empty_message, field="csv")
+    return first, lines
 
-    Errors go to on_error with the row number; a spreadsheet's row numbers are used, so
-    the header is row 1 and the first data row is row 2. Blank rows are ignored.
+
+def csv_records(first: str, lines: Iterator[str], delimiter: str | None) -> Iterator[list[str]]:
+    """The CSV records from the first line on; the delimiter, unless given, is the one of
+    , ; tab | that the first line has most of."""
+    return csv.reader(
+        itertools.chain([first], lines), delimiter=delimiter or _pick_delimiter(first)
+    )
+
+
+def read_header(records: Iterator[list[str]]) -> list[str]:
+    """The header record of a CSV whose first line is not blank."""
+    try:
+        return next(records)
+    except csv.Error as error:
+        raise BadUserInput(f"Row 1: the CSV is malformed ({error})", field="csv") from None
+
+
+def split_first_line(first: str) -> list[str]:
+    """The cells of a file's first line, read as csv_records would read them."""
+    return next(csv.reader([first], delimiter=_pick_delimiter(first)), [])
+
+
+def map_columns(
+    headers: list[str], chosen: Mapping[str, str], aliases: Mapping[str, tuple[str, ...]]
+) -> dict[str, list[int]]:
+    """Field -> column indices: the columns chosen by header, then the defaults (aliases,
+    whose keys are the fields). Every phone column is kept, the first found of the others."""
+    keys = [header_key(h) for h in headers]
+    mapping: dict[str, list[int]] = {}
+    for name, header in chosen.items():
+        if name not in aliases:
+            raise BadUserInput(
+                f"Unknown field {name!r}; fields are {', '.join(aliases)}", field="columns"
+            )
+        wanted = header_key(header)
+        index = next((i for i, key in enumerate(keys) if key == wanted), None)
+        if index is None:
+            raise BadUserInput(f"The header has no column {header!r}", field="columns")
+        mapping[name] = [index]
+    taken = {i for indices in mapping.values() for i in indices}
+    for name, names in aliases.items():
+        if name in mapping:
+            continue
+        found = [
+            i for alias in names for i, key in enumerate(keys) if key == alias and i not in taken
+        ]
+        if found:
+            mapping[name] = found if name == "phone" else found[:1]
+            taken.update(mapping[name])
+    if "phone" not in mapping:
+        raise BadUserInput(
+            "The header has no phone column (phone, phone_number, mobile, ...); "
+            f"found {', '.join(repr(h) for h in headers)}",
+            field="csv",
+        )
+    return mapping
+
+
+class PhoneRows(ABC, Generic[R]):
+    """Rows of a file that each carry a phone, checked and staged for COPY in batches.
+
+    The file is a CSV whose header names the columns (fields as map_columns gives them),
+    or, without headers, a plain list of phones, one a line. Errors go to on_error with
+    the row number; a spreadsheet's row numbers are used, so a header is row 1. Blank
+    rows are skipped but keep their number. Several phone columns may be given: a row
+    uses the first non-empty one.
     """
 
     def __init__(
         self,
-        source: Iterable[str],
+        records: Iterator[list[str]],
         *,
+        headers: list[str] | None,
+        columns: dict[str, list[int]],
         region: str,
-        statuses: Iterable[str],
-        time_zones: Iterable[str] = (),
-        columns: Mapping[str, str] | None = None,
-        delimiter: str | None = None,
         on_error: Callable[[RowError], object],
     ) -> None:
-        lines: Iterator[str] = iter(source)
-        first = next(lines, "")
-        if not first.strip():
-            raise BadUserInput("The CSV is empty: it needs a header row", field="csv")
-        self._reader = csv.reader(
-            itertools.chain([first], lines), delimiter=delimiter or _pick_delimiter(first)
-        )
-        headers = next(self._reader)
-        self.headers = headers
-        self.columns = self._map_columns(headers, columns or {})
-        used = {i for indices in self.columns.values() for i in indices}
-        self.ignored = [h for i, h in enumerate(headers) if i not in used and h.strip()]
-        self._width = len(headers)
-        self._phones = self.columns.get("phone", [])
-        self._name = self._first_index("name")
-        self._first_name = self._first_index("first_name")
-        self._last_name = self._first_index("last_name")
-        self._email = self._first_index("email")
-        self._company = self._first_index("company")
-        self._status = self._first_index("status")
-        self._time_zone = self._first_index("time_zone")
-        self._priority = self._first_index("priority")
-        self._time_zones = {zone.casefold(): zone for zone in time_zones}
-        # Looked up as written first (the usual case), then loosely.
-        self._statuses: dict[str, str] = {}
-        for status in statuses:
-            self._statuses.setdefault(status, status)
-            self._statuses.setdefault(loose_key(status), status)
+        self._records = records
+        self.headers = headers or []
+        self.columns = columns
+        used = {i for indices in columns.values() for i in indices}
+        self.ignored = [h for i, h in enumerate(self.headers) if i not in used and h.strip()]
+        self._width = len(self.headers) or 1
+        self._phones = columns["phone"]
         self._on_error = on_error
         self.phones = PhoneNormalizer(region)
-        self.row = 1
+        # The number of the last row read (the header's, if any), and the data rows read.
+        self.row = 0 if headers is None else 1
         self.rows = 0
 
-    @staticmethod
-    def _map_columns(headers: list[str], chosen: Mapping[str, str]) -> dict[str, list[int]]:
-        """Field -> column indices: the columns chosen by header, then the defaults."""
-        keys = [header_key(h) for h in headers]
-        mapping: dict[str, list[int]] = {}
-        for name, header in chosen.items():
-            if name not in FIELDS:
-                raise BadUserInput(
-                    f"Unknown field {name!r}; fields are {', '.join(FIELDS)}", field="columns"
-                )
-            wanted = header_key(header)
-            index = next((i for i, key in enumerate(keys) if key == wanted), None)
-            if index is None:
-                raise BadUserInput(f"The header has no column {header!r}", field="columns")
-            mapping[name] = [index]
-        taken = {i for indices in mapping.values() for i in indices}
-        for name in FIELDS:
-            if name in mapping:
-                continue
-            found = [
-                i
-                for alias in HEADER_ALIASES[name]
-                for i, key in enumerate(keys)
-                if key == alias and i not in taken
-            ]
-            if found:
-                mapping[name] = found if name == "phone" else found[:1]
-                taken.update(mapping[name])
-        if "phone" not in mapping:
-            raise BadUserInput(
-                "The header has no phone column (phone, phone_number, mobile, ...); "
-                f"found {', '.join(repr(h) for h in headers)}",
-                field="csv",
-            )
-        return mapping
+    def column_names(self) -> dict[str, list[str]]:
+        """Which headers feed which field (none in a plain list)."""
+        if not self.headers:
+            return {}
+        return {name: [self.headers[i] for i in indices] for name, indices in self.columns.items()}
 
     def _first_index(self, name: str) -> int | None:
         indices = self.columns.get(name)
         return indices[0] if indices else None
 
-    def column_names(self) -> dict[str, list[str]]:
-        """Which headers feed which field."""
-        return {name: [self.headers[i] for i in indices] for name, indices in self.columns.items()}
-
-    def next_batch(self, size: int = BATCH_ROWS) -> list[StagedRow]:
+    def next_batch(self, size: int = BATCH_ROWS) -> list[R]:
         """Up to size valid rows; an empty list at the end of the file."""
-        batch: list[StagedRow] = []
+        batch: list[R] = []
         append = batch.append
         stage = self._stage
         width = self._width
         try:
-            for record in self._reader:
+            for record in self._records:
                 self.row += 1
                 if not any(record):
                     continue
@@ -309,7 +362,8 @@ class CsvRows:
     def _fail(self, reason: str, field: str) -> None:
         self._on_error(RowError(self.row, reason, field))
 
-    def _stage(self, record: list[str]) -> StagedRow | None:
+    def _phone(self, record: list[str]) -> tuple[str, tuple[str, ...]] | None:
+        """The row's phone in E.164 and the zones it rings in; None once the error is told."""
         raw_phone = ""
         for index in self._phones:
             raw_phone = record[index].strip()
@@ -321,10 +375,59 @@ class CsvRows:
         normalized = self.phones.normalize(raw_phone)
         if normalized is None:
             self._fail(f"phone {raw_phone[:64]!r} is not a valid phone number", "phone")
+        return normalized
+
+    @abstractmethod
+    def _stage(self, record: list[str]) -> R | None:
+        """The record as a row for COPY, or None once the error is told."""
+
+
+class CsvRows(PhoneRows[StagedRow]):
+    """The data rows of a prospects CSV, validated and normalized, in batches for COPY."""
+
+    def __init__(
+        self,
+        source: Iterable[str],
+        *,
+        region: str,
+        statuses: Iterable[str],
+        time_zones: Iterable[str] = (),
+        columns: Mapping[str, str] | None = None,
+        delimiter: str | None = None,
+        on_error: Callable[[RowError], object],
+    ) -> None:
+        first, lines = read_first_line(source, "The CSV is empty: it needs a header row")
+        records = csv_records(first, lines, delimiter)
+        headers = read_header(records)
+        super().__init__(
+            records,
+            headers=headers,
+            columns=map_columns(headers, columns or {}, HEADER_ALIASES),
+            region=region,
+            on_error=on_error,
+        )
+        self._name = self._first_index("name")
+        self._first_name = self._first_index("first_name")
+        self._last_name = self._first_index("last_name")
+        self._email = self._first_index("email")
+        self._company = self._first_index("company")
+        self._status = self._first_index("status")
+        self._time_zone = self._first_index("time_zone")
+        self._priority = self._first_index("priority")
+        self._time_zones = {zone.casefold(): zone for zone in time_zones}
+        # Looked up as written first (the usual case), then loosely.
+        self._statuses: dict[str, str] = {}
+        for status in statuses:
+            self._statuses.setdefault(status, status)
+            self._statuses.setdefault(loose_key(status), status)
+
+    def _stage(self, record: list[str]) -> StagedRow | None:
+        normalized = self._phone(record)
+        if normalized is None:
             return None
         phone, phone_zones = normalized
 
-        name = _clean(record[self._name]) if self._name is not None else None
+        name = clean_cell(record[self._name]) if self._name is not None else None
         if name is None and (self._first_name is not None or self._last_name is not None):
             first = record[self._first_name].strip() if self._first_name is not None else ""
             last = record[self._last_name].strip() if self._last_name is not None else ""
@@ -333,14 +436,14 @@ class CsvRows:
             self._fail(f"name must be 1 to {MAX_NAME} characters of text", "name")
             return None
 
-        email = _clean(record[self._email]) if self._email is not None else None
+        email = clean_cell(record[self._email]) if self._email is not None else None
         if email is not None and (
             len(email) > MAX_EMAIL or "\x00" in email or not _EMAIL.fullmatch(email)
         ):
             self._fail(f"email {email[:100]!r} is not a valid address", "email")
             return None
 
-        company = _clean(record[self._company]) if self._company is not None else None
+        company = clean_cell(record[self._company]) if self._company is not None else None
         if company is not None and (len(company) > MAX_COMPANY or "\x00" in company):
             self._fail(f"company must be at most {MAX_COMPANY} characters of text", "company")
             return None
@@ -416,17 +519,14 @@ def _partition(batch: list[StagedRow], parts: int) -> Partitions:
     return split
 
 
-async def _batches(rows: CsvRows, parts: int, size: int) -> AsyncIterator[Partitions]:
-    """Batches read on a worker thread, the next one read while the caller merges this one."""
-
-    def read() -> Partitions:
-        return _partition(rows.next_batch(size), parts)
-
+async def read_ahead(read: Callable[[], list[T]]) -> AsyncIterator[list[T]]:
+    """Batches from read() on a worker thread, the next one read while the caller works on
+    this one; they end at the first empty batch."""
     pending = asyncio.ensure_future(asyncio.to_thread(read))
     try:
         while True:
             batch = await pending
-            if not any(batch):
+            if not batch:
                 return
             pending = asyncio.ensure_future(asyncio.to_thread(read))
             yield batch
@@ -434,6 +534,36 @@ async def _batches(rows: CsvRows, parts: int, size: int) -> AsyncIterator[Partit
         if not pending.done():
             # A thread cannot be interrupted; let it finish its batch before the file closes.
             await asyncio.gather(pending, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def import_transactions(
+    connections: Sequence[Connection], *, actor: Actor | None, dry_run: bool
+) -> AsyncIterator[None]:
+    """A transaction on each connection, acting for actor, with memory for an import's
+    merges. They commit together when the block ends (roll back in a dry run); if anything
+    fails, all roll back."""
+    transactions = [connection.transaction() for connection in connections]
+    try:
+        for connection, transaction in zip(connections, transactions, strict=True):
+            await transaction.start()
+            if actor is not None:
+                # Triggers record the importing user (the status log, for one).
+                await connection.execute(
+                    "SELECT set_config('app.user_id', $1, true)", str(actor.id)
+                )
+            await connection.execute(QUERIES["prepare_bulk_import"])
+        yield
+    except BaseException:
+        for transaction in transactions:
+            with contextlib.suppress(Exception):
+                await transaction.rollback()
+        raise
+    for transaction in transactions:
+        if dry_run:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
 
 
 async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
@@ -511,22 +641,10 @@ async def import_csv(
         raise BadUserInput(f"mode must be one of {', '.join(MODES)}", field="mode")
     started = time.perf_counter()
     report = ImportReport(mode=options.mode, dry_run=options.dry_run)
+    record_error = report.error_recorder(on_error)
 
-    def record_error(error: RowError) -> None:
-        report.add_error(error)
-        if on_error is not None:
-            on_error(error)
-
-    transactions = [connection.transaction() for connection in connections]
-    try:
-        for connection, transaction in zip(connections, transactions, strict=True):
-            await transaction.start()
-            if actor is not None:
-                # The status trigger records the importing user for each status it changes.
-                await connection.execute(
-                    "SELECT set_config('app.user_id', $1, true)", str(actor.id)
-                )
-            await connection.execute(QUERIES["prepare_bulk_import"])
+    async with import_transactions(connections, actor=actor, dry_run=options.dry_run):
+        for connection in connections:
             await connection.execute(QUERIES["create_import_staging"])
             await connection.execute(QUERIES["create_import_seen"])
         first = connections[0]
@@ -543,16 +661,22 @@ async def import_csv(
         )
         report.columns = rows.column_names()
         report.ignored_columns = rows.ignored
+        parts = len(connections)
+
+        def read() -> Partitions:
+            batch = rows.next_batch(options.batch_rows)
+            return _partition(batch, parts) if batch else []
+
         staged = 0
         total = _Merged()
-        async for parts in _batches(rows, len(connections), options.batch_rows):
+        async for partitions in read_ahead(read):
             for merged in await _all(
                 _merge_chunk(connection, part, options, record_error)
-                for connection, part in zip(connections, parts, strict=True)
+                for connection, part in zip(connections, partitions, strict=True)
                 if part
             ):
                 total.add(merged)
-            staged += sum(len(part) for part in parts)
+            staged += sum(len(part) for part in partitions)
             if on_progress is not None:
                 on_progress(rows.rows, False)
         report.rows = rows.rows
@@ -566,16 +690,6 @@ async def import_csv(
         report.skipped = total.unique - total.inserted - total.updated - total.unwritable
         assert report.skipped >= 0, "staged rows went missing: is import_staging a temp table?"
         report.finish()
-    except BaseException:
-        for transaction in transactions:
-            with contextlib.suppress(Exception):
-                await transaction.rollback()
-        raise
-    for transaction in transactions:
-        if options.dry_run:
-            await transaction.rollback()
-        else:
-            await transaction.commit()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -608,10 +722,9 @@ async def _list_unwritable_rows(
     return count
 
 
-async def import_prospects_text(
-    pool: asyncpg.Pool, actor: Actor, text: str, options: CsvImportOptions
-) -> ImportReport:
-    """The importProspects mutation: CSV given as text, at most MAX_CSV_BYTES."""
+def check_csv_text(text: str) -> None:
+    """BAD_USER_INPUT unless text is a file a mutation takes: at most MAX_CSV_BYTES of
+    Unicode, without NUL characters."""
     if len(text) > MAX_CSV_BYTES:
         raise BadUserInput(f"csv is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB", field="csv")
     try:
@@ -622,6 +735,13 @@ async def import_prospects_text(
         raise BadUserInput(f"csv is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB", field="csv")
     if "\x00" in text:
         raise BadUserInput("csv contains a NUL character", field="csv")
+
+
+async def import_prospects_text(
+    pool: asyncpg.Pool, actor: Actor, text: str, options: CsvImportOptions
+) -> ImportReport:
+    """The importProspects mutation: CSV given as text, at most MAX_CSV_BYTES."""
+    check_csv_text(text)
     # One connection: a request leaves the rest of the pool to the floor.
     async with pool.acquire() as connection:
         return await import_csv([connection], io.StringIO(text, newline=""), options, actor=actor)
@@ -668,19 +788,19 @@ class ProgressBar:
 
 
 def describe_import_report(
-    report: ImportReport, write: Callable[[str], None], errors_shown: int = 20
+    report: ImportReportBase, write: Callable[[str], None], errors_shown: int = 20
 ) -> None:
     """The report as an operator reads it, with the first errors_shown row errors."""
     rate = report.rows / report.seconds if report.seconds else 0.0
-    write(
-        f"rows: {report.rows:,} in {report.seconds:.1f} s ({rate:,.0f} rows/s), mode {report.mode}"
-    )
-    for name in ("inserted", "updated", "skipped", "duplicates_in_file", "errors"):
+    heading = f", {report.heading()}" if report.heading() else ""
+    write(f"rows: {report.rows:,} in {report.seconds:.1f} s ({rate:,.0f} rows/s){heading}")
+    for name in report.COUNTS:
         write(f"  {name.replace('_', ' ') + ':':20} {getattr(report, name):>10,}")
-    columns = "; ".join(
-        f"{name} <- {', '.join(headers)}" for name, headers in report.columns.items()
-    )
-    write(f"columns: {columns}")
+    if report.columns:
+        columns = "; ".join(
+            f"{name} <- {', '.join(headers)}" for name, headers in report.columns.items()
+        )
+        write(f"columns: {columns}")
     if report.ignored_columns:
         write(f"ignored columns: {', '.join(report.ignored_columns)}")
     for error in report.listed_errors[:errors_shown]:

@@ -169,6 +169,10 @@ def guarded_operations(
             " { __typename } }",
             {},
         ),
+        "importDoNotCall": (
+            'mutation { importDoNotCall(csv: "212-555-0166\\n", dryRun: true) { __typename } }',
+            {},
+        ),
         "exportProspect": ("mutation($id: ID!) { exportProspect(id: $id) }", {"id": prospect_id}),
         "eraseProspect": (
             "mutation($id: ID!) { eraseProspect(id: $id) { erasedAt } }",

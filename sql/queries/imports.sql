@@ -159,7 +159,7 @@ UPDATE prospects SET email = $2, company = $3, last_call = $4 WHERE id = $1;
 
 -- name: insert_imported_calls
 -- A prospect's call history from parallel arrays, skipping calls already there (same
--- prospect, caller and start); returns how many were added. $1 prospect id, $2 caller
+-- prospect, caller and start), archived ones included; returns how many were added. $1 prospect id, $2 caller
 -- ids, $3 phones, $4 from numbers, $5 starts, $6 ends, $7 outcomes, $8 durations,
 -- $9 notes, $10 recording URLs.
 WITH added AS (
@@ -172,7 +172,7 @@ WITH added AS (
          AS c(caller_id, phone_number, from_number, started_at, ended_at, outcome, duration,
               notes, recording_url)
     WHERE NOT EXISTS (
-        SELECT 1 FROM call_logs l
+        SELECT 1 FROM call_logs_with_archive l
         WHERE l.prospect_id = $1 AND l.caller_id = c.caller_id AND l.started_at = c.started_at)
     RETURNING 1
 )
@@ -181,3 +181,77 @@ SELECT count(*) FROM added;
 -- name: known_dispositions
 -- Every call outcome.
 SELECT name FROM dispositions ORDER BY position, name;
+
+-- Do-Not-Call imports: numbers COPYed into a staging table a chunk at a time, each chunk
+-- cut down to the phones new to the import, then merged into do_not_call.
+
+-- name: create_do_not_call_staging
+-- This import's staging table for one chunk of numbers; it shadows the empty public shape
+-- (migration 013) in this session and is dropped at commit or rollback.
+CREATE TEMP TABLE do_not_call_staging (LIKE public.do_not_call_staging) ON COMMIT DROP;
+
+-- name: keep_new_do_not_call_rows
+-- Cut the staged chunk down to the first row of each phone the import has not seen, note
+-- those phones as seen, and say how many rows are left. Later rows of a phone are
+-- duplicates in the file.
+WITH firsts AS MATERIALIZED (
+    SELECT DISTINCT ON (s.phone) s.row_number, s.phone
+    FROM do_not_call_staging s
+    WHERE NOT EXISTS (SELECT 1 FROM import_seen n WHERE n.phone = s.phone)
+    ORDER BY s.phone, s.row_number
+),
+seen AS (
+    INSERT INTO import_seen (phone) SELECT phone FROM firsts
+),
+dropped AS (
+    DELETE FROM do_not_call_staging s
+    WHERE NOT EXISTS (SELECT 1 FROM firsts f WHERE f.row_number = s.row_number)
+)
+SELECT count(*) FROM firsts;
+
+-- name: preview_do_not_call_chunk
+-- What insert_imported_do_not_call and extend_imported_do_not_call would do with the
+-- staged numbers, writing nothing: numbers not listed yet, and listed numbers whose entry
+-- expires before the import's expiry (or the import has none).
+SELECT count(*) FILTER (WHERE d.id IS NULL) AS added,
+       count(*) FILTER (
+           WHERE d.expires_at IS NOT NULL
+             AND (s.expires_at IS NULL OR s.expires_at > d.expires_at)
+       ) AS extended
+FROM do_not_call_staging s
+LEFT JOIN do_not_call d ON d.phone = s.phone AND d.removed_at IS NULL;
+
+-- name: insert_imported_do_not_call
+-- List the staged numbers not listed yet, as source 'import'; returns how many. A number
+-- listed meanwhile by someone else is left to extend_imported_do_not_call. $1 acting user
+-- or NULL (the command line).
+WITH added AS (
+    INSERT INTO do_not_call (phone, scope, source, reason, expires_at, added_by)
+    SELECT s.phone, s.scope, 'import', s.reason, s.expires_at, $1::uuid
+    FROM do_not_call_staging s
+    ORDER BY s.phone
+    ON CONFLICT (phone) WHERE removed_at IS NULL DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM added;
+
+-- name: extend_imported_do_not_call
+-- Move the expiry of listed staged numbers later where the import's is later (NULL: never
+-- expires), never earlier; the entry keeps its scope, source and reason. Run after
+-- insert_imported_do_not_call, so it also sees numbers listed while that ran; the
+-- entries it added already have the import's expiry. Returns how many moved.
+WITH extended AS (
+    UPDATE do_not_call d
+       SET expires_at = s.expires_at
+      FROM do_not_call_staging s
+     WHERE d.phone = s.phone
+       AND d.removed_at IS NULL
+       AND d.expires_at IS NOT NULL
+       AND (s.expires_at IS NULL OR s.expires_at > d.expires_at)
+    RETURNING 1
+)
+SELECT count(*) FROM extended;
+
+-- name: clear_do_not_call_staging
+-- Empty the staging table for the next chunk.
+TRUNCATE do_not_call_staging;
