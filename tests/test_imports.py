@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,7 +18,7 @@ import pytest
 from conftest import Api, Team, add_prospect
 from test_command_line import run
 
-from resolvers import imports, mock_store
+from resolvers import archive, imports, mock_store
 from resolvers.bulk_phones import PhoneNormalizer
 from resolvers.errors import BadUserInput
 from resolvers.phones import normalize_phone, phone_time_zones
@@ -438,6 +439,18 @@ async def test_mock_store_imported_twice_changes_nothing(pool: asyncpg.Pool) -> 
     assert (report.prospects_created, report.prospects_existing) == (0, 2)
     assert (report.calls_created, report.calls_existing, report.prospects_filled) == (0, 3, 0)
     assert await snapshot(pool) == before
+
+
+async def test_mock_store_calls_already_archived_are_not_imported_again(
+    pool: asyncpg.Pool,
+) -> None:
+    await import_mock(pool, mock_data())
+    # The store's calls are from 2024: all of them move to the archive.
+    moved = await archive.archive(pool, datetime.now(UTC) - timedelta(days=1), batch_size=2)
+    assert moved.call_logs == 3
+    report = await import_mock(pool, mock_data())
+    assert (report.calls_created, report.calls_existing) == (0, 3)
+    assert await pool.fetchval("SELECT count(*) FROM call_logs") == 0
 
 
 async def test_mock_dry_run_writes_nothing(pool: asyncpg.Pool) -> None:
