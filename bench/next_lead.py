@@ -20,9 +20,11 @@ answer may be "nothing callable".
 Two phases:
 
     fresh  the queue as seeded: its head is the never-called prospects.
-    worn   the never-called prospects closed, so the head is prospects called before,
-           about 40% of them at the 12-attempt cap (the pool query does not filter caps;
-           next_lead() rejects such candidates one by one with call_eligibility()).
+    worn   the never-called prospects closed, so the head is prospects called before.
+           Prospects whose history reaches the 12-attempt cap are closed by the seed, as
+           finish_call() closes them when the call that uses up the cap ends; those at a
+           per-day or per-number cap stay, and next_lead() rejects them one by one with
+           call_eligibility().
 
 Then EXPLAIN (ANALYZE, BUFFERS) of the pool-stage candidate query of next_lead(), of the
 statements inside call_eligibility(), the nested statements of one next_lead() call (via
@@ -237,6 +239,14 @@ FROM (
     OFFSET 0
 ) c
 LEFT JOIN dispositions d ON d.name = c.outcome
+"""
+# What finish_call() does when a call uses up the total cap: the prospect leaves the queue
+# (as of the call that used it up). The generated history does not know the cap.
+CLOSE_CAPPED = """
+UPDATE prospects p SET final_at = p.last_call
+FROM (SELECT prospect_id FROM call_logs GROUP BY prospect_id
+      HAVING count(*) >= (SELECT max_attempts_total FROM dialing_rules)) c
+WHERE p.id = c.prospect_id AND p.final_at IS NULL
 """
 # Each called prospect's latest call. $4 agents, $5 called prospects.
 INSERT_LAST_CALLS = """
@@ -652,6 +662,10 @@ async def seed(url: str, options: Options) -> Seeded:
         offsets = list(range(0, earlier, batch))
         await asyncio.gather(load(first, offsets[0::2]), load(second, offsets[1::2]))
         seconds["call logs"] = log_step(step, f"{called + earlier:,} call logs")
+
+        step = time.perf_counter()
+        closed = await first.execute(CLOSE_CAPPED)
+        seconds["caps"] = log_step(step, f"{closed.split()[-1]} prospects at the cap closed")
 
         step = time.perf_counter()
         await first.execute(INSERT_DO_NOT_CALL_DISPOSITIONS, seeded_at, total, areas, called)
