@@ -217,6 +217,91 @@ async def test_attempt_caps_at_their_boundaries(api: Api, team: Team, pool: asyn
     assert await pool.fetchval("SELECT final_at IS NOT NULL FROM prospects") is True
 
 
+async def test_lowered_caps_are_refused_once_then_the_queue_moves_on(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    """A manager lowers the caps below what prospects already had: nextLead refuses each
+    such prospect once and sets it aside (closed at the total cap, until the callee's next
+    day at the day cap), rather than picking and refusing it on every call."""
+    await pool.execute("UPDATE dialing_rules SET max_attempts_per_number_24h = 100")
+    total = await add_prospect(api, team.manager["token"], nyc_phone(), name="Total")
+    today = await add_prospect(api, team.manager["token"], nyc_phone(), name="Today")
+    fresh = await add_prospect(api, team.manager["token"], nyc_phone(), name="Fresh")
+    for prospect, calls in ((total, 3), (today, 2)):
+        for _ in range(calls):
+            call = await start(api, team.agent["token"], prospect["id"])
+            await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Busy")
+            await pool.execute(
+                "UPDATE call_logs SET started_at = started_at - interval '10 minutes'"
+            )
+    # "Total"'s calls were yesterday; "Today"'s today. Both wait nothing and lead the queue.
+    await pool.execute(
+        "UPDATE call_logs SET started_at = started_at - interval '2 days' WHERE prospect_id = $1",
+        total["id"],
+    )
+    await pool.execute(
+        "UPDATE prospects SET recycle_until = NULL, last_call = now() - interval '1 day',"
+        " priority = CASE WHEN id = $1 THEN 0 ELSE 5 END",
+        fresh["id"],
+    )
+    await api.data(
+        "mutation { updateDialingRules(input: {maxAttemptsTotal: 3, maxAttemptsPerDay: 2}) {"
+        " maxAttemptsTotal } }",
+        token=team.manager["token"],
+    )
+    lead = await next_lead(api, team.agent["token"])
+    assert lead["prospect"]["name"] == "Fresh"
+    rows = {
+        r["name"]: r
+        for r in await pool.fetch("SELECT name, final_at, recycle_until FROM prospects")
+    }
+    assert rows["Total"]["final_at"] is not None
+    next_day = await pool.fetchval(
+        "SELECT (date_trunc('day', now() AT TIME ZONE 'America/New_York') + interval '1 day')"
+        " AT TIME ZONE 'America/New_York'"
+    )
+    assert (rows["Today"]["final_at"], rows["Today"]["recycle_until"]) == (None, next_day)
+    assert await eligibility_checks_in_next_lead(pool, team.agents[1]["id"]) == 0
+    nothing = await next_lead(api, team.agents[1]["token"])
+    held = {h["code"]: h["prospects"] for h in nothing["heldBack"]}
+    assert (held["PROSPECT_CLOSED"], held["RECYCLE_DELAY"], held["ALREADY_IN_CALL"]) == (1, 1, 1)
+
+
+async def eligibility_checks_in_next_lead(pool: asyncpg.Pool, agent_id: str) -> int:
+    """Run next_lead() once, rolled back, and count the call_eligibility() runs it made."""
+    async with pool.acquire() as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            await connection.execute("SET LOCAL track_functions = 'all'")
+            await connection.fetch("SELECT * FROM next_lead($1)", agent_id)
+            checks: int = await connection.fetchval(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+                " WHERE funcname = 'call_eligibility'"
+            )
+            return checks
+        finally:
+            await transaction.rollback()
+
+
+async def test_a_due_callback_on_a_closed_prospect_is_not_offered(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    """Not offered, and not even picked and refused: a closed prospect's callback would
+    otherwise cost every nextLead a full rule check."""
+    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    await pool.execute(
+        "INSERT INTO callbacks (prospect_id, due_at) VALUES ($1, now() - interval '1 minute')",
+        prospect["id"],
+    )
+    await pool.execute("UPDATE prospects SET final_at = now()")
+    assert await eligibility_checks_in_next_lead(pool, team.agent["id"]) == 0
+    assert (await next_lead(api, team.agent["token"]))["nothingCallable"] is True
+    await pool.execute("UPDATE prospects SET final_at = NULL")
+    assert await eligibility_checks_in_next_lead(pool, team.agent["id"]) == 1
+    assert (await next_lead(api, team.agent["token"]))["prospect"]["id"] == prospect["id"]
+
+
 async def test_rolling_cap_per_number(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     await pool.execute("UPDATE dialing_rules SET max_attempts_per_number_24h = 2")
     prospect = await add_prospect(api, team.manager["token"], nyc_phone())

@@ -139,6 +139,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_grace interval := (SELECT callback_grace FROM dialing_rules);
     v_candidate uuid;
+    v_refusal record;
     v_zones text[];
     v_seen uuid[] := '{}';
     v_stage int := 1;
@@ -147,10 +148,11 @@ BEGIN
     WHILE v_stage <= 3 LOOP
         v_candidate := NULL;
         IF v_stage = 1 THEN
-            -- Due callbacks: the agent's own first, then anyone's or others' past their grace.
+            -- Due callbacks: the agent's own first, then anyone's or others' past their grace
+            -- (not on a prospect that has left the queue since).
             SELECT p.id INTO v_candidate FROM callbacks cb JOIN prospects p ON p.id = cb.prospect_id
             WHERE cb.taken_at IS NULL AND cb.due_at <= now() AND p.id <> ALL (v_seen)
-              AND p.erased_at IS NULL
+              AND p.final_at IS NULL AND p.erased_at IS NULL
               AND (cb.agent_id IS NULL OR cb.agent_id = p_agent_id OR cb.due_at + v_grace <= now())
             ORDER BY (cb.agent_id IS NOT DISTINCT FROM p_agent_id) DESC, cb.due_at, p.id
             LIMIT 1
@@ -193,9 +195,10 @@ BEGIN
 
         IF v_candidate IS NULL THEN
             v_stage := v_stage + 1;
-        ELSIF EXISTS (SELECT 1 FROM call_refusal(v_candidate, p_agent_id, NULL, true)) THEN
-            v_seen := v_seen || v_candidate;
-        ELSE
+            CONTINUE;
+        END IF;
+        SELECT * INTO v_refusal FROM call_refusal(v_candidate, p_agent_id, NULL, true);
+        IF v_refusal.code IS NULL THEN
             -- Checked just now under this transaction's lock: record it without a second check.
             prospect_id := v_candidate;
             phone_number := (SELECT p.phone FROM prospects p WHERE p.id = v_candidate);
@@ -203,6 +206,19 @@ BEGIN
             FROM open_call(v_candidate, p_agent_id, phone_number, NULL);
             RETURN NEXT;
             RETURN;
+        END IF;
+        v_seen := v_seen || v_candidate;
+        -- A cap the queue's filters cannot see (a manager lowered it, or calls were logged
+        -- on another path): close the prospect at the total cap, as ending the call that
+        -- reaches it does, or set it aside until the cap lifts. It is refused once, not on
+        -- every nextLead while it stays at the head of the queue.
+        IF v_refusal.code = 'MAX_ATTEMPTS_REACHED' THEN
+            UPDATE prospects p
+               SET final_at = CASE WHEN v_refusal.until IS NULL THEN coalesce(p.final_at, now())
+                                   ELSE p.final_at END,
+                   recycle_until = CASE WHEN v_refusal.until IS NULL THEN p.recycle_until
+                                        ELSE greatest(p.recycle_until, v_refusal.until) END
+             WHERE p.id = v_candidate;
         END IF;
     END LOOP;
 END
