@@ -588,6 +588,7 @@ async def cycle_via_asyncpg(pool: asyncpg.Pool, agent: Agent, token_hash: bytes)
         None,
         None,
         None,
+        None,
     )
     assert ended is not None
 
@@ -779,7 +780,11 @@ def table(results: list[Result]) -> str:
     )
     lines = [header, "-" * len(header)]
     for result in results:
-        ratio = f"{found[result.scenario]:.2f}" if result.path == "graphql" else ""
+        ratio = (
+            f"{found[result.scenario]:.2f}"
+            if result.path == "graphql" and result.scenario in found
+            else ""
+        )
         server = f"{result.server_cpu_ms:.2f}" if result.server_cpu_ms is not None else "-"
         lines.append(
             f"{result.scenario:<11} {result.path:<8} {result.concurrency:>4} "
