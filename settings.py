@@ -59,6 +59,7 @@ class Settings:
     graphiql: bool = True
     active_call_timeout_seconds: int = 3600
     stale_call_sweep_seconds: float = 15.0
+    queue_holds_cache_seconds: float = 5.0
     subscriber_queue_size: int = 256
     max_subscriptions_per_connection: int = 10
     listener_health_seconds: float = 2.0
@@ -90,6 +91,7 @@ class Settings:
             graphiql=os.environ.get("GRAPHIQL", "1") not in {"0", "false", "no"},
             active_call_timeout_seconds=_int("ACTIVE_CALL_TIMEOUT_SECONDS", 3600),
             stale_call_sweep_seconds=_float("STALE_CALL_SWEEP_SECONDS", 15.0),
+            queue_holds_cache_seconds=_float("QUEUE_HOLDS_CACHE_SECONDS", 5.0),
             subscriber_queue_size=_int("SUBSCRIBER_QUEUE_SIZE", 256),
             max_subscriptions_per_connection=_int("MAX_SUBSCRIPTIONS_PER_CONNECTION", 10),
             listener_health_seconds=_float("LISTENER_HEALTH_SECONDS", 2.0),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -12,6 +12,7 @@ from strawberry.dataloader import DataLoader
 
 from resolvers import calls, prospects, users
 from resolvers.auth import Actor, authenticate, require_role, require_user
+from resolvers.dialing import SharedHolds
 from resolvers.events import Hub
 from settings import Settings
 
@@ -61,6 +62,8 @@ class Context:
     token: str | None
     loaders: Loaders
     hub: Hub | None = None
+    # The counts behind "nothing callable", shared by this process's requests.
+    holds: SharedHolds = field(default_factory=lambda: SharedHolds(0))
     request: Any = None
     response: Any = None
     # Filled by graphql-transport-ws from the connection_init payload.

@@ -258,16 +258,14 @@ class DialingMutations:
     )
     async def next_lead(self, info: GraphInfo) -> NextLeadPayload:
         actor = await info.context.require_user()
-        result = await dialing.next_lead(info.context.pool, actor)
+        result = await dialing.next_lead(info.context.pool, actor, info.context.holds)
         if result.call is None:
             return NextLeadPayload(
                 prospect=None,
                 active_call=None,
                 call_log_id=None,
                 nothing_callable=True,
-                held_back=[
-                    HeldBack(code=r["code"], prospects=r["prospects"]) for r in result.held_back
-                ],
+                held_back=[HeldBack(code=h.code, prospects=h.prospects) for h in result.held_back],
             )
         record = await prospects.get_prospect(info.context.pool, result.call["prospect_id"])
         return NextLeadPayload(

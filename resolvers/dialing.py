@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime, time
+from time import monotonic
 from uuid import UUID
 
 import asyncpg
@@ -19,20 +21,78 @@ _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
 @dataclass(frozen=True)
+class HeldBack:
+    """How many open prospects one rule holds back."""
+
+    code: str
+    prospects: int
+
+
+@dataclass(frozen=True)
 class NextLead:
     """The call nextLead started, or the counts of what holds prospects back."""
 
     call: asyncpg.Record | None
-    held_back: list[asyncpg.Record]
+    held_back: list[HeldBack]
 
 
-async def next_lead(pool: asyncpg.Pool, actor: Actor) -> NextLead:
+@dataclass(frozen=True)
+class SharedCounts:
+    """queue_holds_shared() as read at one moment (time.monotonic())."""
+
+    counts: dict[str, int]
+    read_at: float
+
+
+class SharedHolds:
+    """The part of the "nothing callable" counts that is the same for every agent, read at
+    most once per `seconds` in this process.
+
+    It reads every prospect (about a second per million), and an exhausted queue has every
+    agent asking at once and again every few seconds: they share one read, so the answer
+    may be up to `seconds` old. Requests that arrive while a read runs wait for that read.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: SharedCounts | None = None
+        self._reading: asyncio.Task[SharedCounts] | None = None
+
+    async def get(self, pool: asyncpg.Pool) -> SharedCounts:
+        """The counts, read now unless a read under `seconds` old (or running) serves."""
+        last = self._last
+        if last is not None and monotonic() - last.read_at < self.seconds:
+            return last
+        if self._reading is None:
+            self._reading = asyncio.create_task(self._read(pool))
+        reading = self._reading
+        try:
+            # Shielded: one request giving up must not cancel the read the others wait on.
+            return await asyncio.shield(reading)
+        finally:
+            if reading.done() and self._reading is reading:
+                self._reading = None
+
+    async def _read(self, pool: asyncpg.Pool) -> SharedCounts:
+        started = monotonic()
+        rows = await pool.fetch(QUERIES["queue_holds_shared"])
+        self._last = SharedCounts({r["code"]: r["prospects"] for r in rows}, started)
+        return self._last
+
+
+async def next_lead(pool: asyncpg.Pool, actor: Actor, holds: SharedHolds) -> NextLead:
     """Start a call on the best callable prospect for the actor, or say why none is."""
     with database_errors():
         call = await pool.fetchrow(QUERIES["next_lead"], actor.id)
     if call is not None:
         return NextLead(call=call, held_back=[])
-    return NextLead(call=None, held_back=list(await pool.fetch(QUERIES["queue_holds"], actor.id)))
+    shared = await holds.get(pool)
+    own = {
+        r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["queue_holds_own"], actor.id)
+    }
+    held = [HeldBack(code, count - own.get(code, 0)) for code, count in shared.counts.items()]
+    held.sort(key=lambda h: (-h.prospects, h.code))
+    return NextLead(call=None, held_back=held)
 
 
 async def add_do_not_call(

@@ -92,7 +92,9 @@ async def database_url(admin_url: str, template_name: str) -> AsyncIterator[str]
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    """Settings for a test server: cheap bcrypt, small pool, the seed's 5-minute gap."""
+    """Settings for a test server: cheap bcrypt, small pool, the seed's 5-minute gap, and
+    "nothing callable" counts read afresh (tests check them right after arranging data;
+    test_dialing_rules.py tests their sharing)."""
     return Settings(
         database_url=database_url,
         host="127.0.0.1",
@@ -101,6 +103,7 @@ def settings(database_url: str) -> Settings:
         pool_min_size=1,
         pool_max_size=10,
         graphiql=True,
+        queue_holds_cache_seconds=0,
     )
 
 

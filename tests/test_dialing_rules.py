@@ -491,6 +491,77 @@ async def test_next_lead_passes_over_closed_zones_to_an_open_one(
     assert (await next_lead(api, team.agents[1]["token"]))["prospect"]["name"] == "Closed"
 
 
+async def test_held_back_counts_are_per_agent(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    """Assignments and reserved callbacks hold a prospect back from the other agents only;
+    the counts shared by all agents are corrected per agent."""
+    me, other = team.agents[0], team.agents[1]
+    names = ["Mine", "Theirs", "My due callback", "Their due callback", "Later callback"]
+    ids = {}
+    for name in names:
+        ids[name] = (await add_prospect(api, team.manager["token"], nyc_phone(), name=name))["id"]
+    # Every one of them on the Do-Not-Call list too, so that nothing is callable for anyone.
+    await pool.execute("INSERT INTO do_not_call (phone, source) SELECT phone, 'api' FROM prospects")
+    await pool.execute(
+        """
+        INSERT INTO lead_assignments (prospect_id, agent_id, assigned_by)
+        VALUES ($1, $3, $4), ($2, $5, $4)
+        """,
+        ids["Mine"],
+        ids["Theirs"],
+        me["id"],
+        team.manager["id"],
+        other["id"],
+    )
+    await pool.execute(
+        """
+        INSERT INTO callbacks (prospect_id, due_at, agent_id) VALUES
+            ($1, now() - interval '1 minute', $4),
+            ($2, now() - interval '1 minute', $5),
+            ($3, now() + interval '1 hour', NULL)
+        """,
+        ids["My due callback"],
+        ids["Their due callback"],
+        ids["Later callback"],
+        me["id"],
+        other["id"],
+    )
+
+    async def held(agent: dict[str, Any]) -> dict[str, int]:
+        lead = await next_lead(api, agent["token"])
+        assert lead["nothingCallable"] is True
+        return {h["code"]: h["prospects"] for h in lead["heldBack"]}
+
+    mine, theirs = await held(me), await held(other)
+    assert (mine["ASSIGNED_TO_OTHER_AGENT"], theirs["ASSIGNED_TO_OTHER_AGENT"]) == (1, 1)
+    # Each is held by the other's due callback (within its grace) and the later one.
+    assert (mine["CALLBACK_PENDING"], theirs["CALLBACK_PENDING"]) == (2, 2)
+    assert mine["DO_NOT_CALL"] == theirs["DO_NOT_CALL"] == 5
+    # The same counts from the database's own composition, read now.
+    for agent, counts in ((me, mine), (other, theirs)):
+        rows = await pool.fetch("SELECT code, prospects FROM queue_holds($1)", agent["id"])
+        assert {r["code"]: r["prospects"] for r in rows} == counts
+
+
+async def test_agents_share_one_read_of_the_held_back_counts(pool: asyncpg.Pool) -> None:
+    """Reading the counts goes through every prospect: concurrent and repeated asks within
+    the window share one read, and a later ask reads again."""
+    from resolvers.dialing import SharedHolds
+
+    await pool.execute(
+        "INSERT INTO prospects (name, phone, final_at) VALUES ('Closed', '+12125550100', now())"
+    )
+    shared = SharedHolds(seconds=60)
+    together = await asyncio.gather(*(shared.get(pool) for _ in range(10)))
+    assert len({id(result) for result in together}) == 1
+    assert together[0].counts["PROSPECT_CLOSED"] == 1
+    await pool.execute(
+        "INSERT INTO prospects (name, phone, final_at) VALUES ('Closed 2', '+12125550101', now())"
+    )
+    assert await shared.get(pool) is together[0]  # within the window: the same read
+    fresh = SharedHolds(seconds=0)
+    assert (await fresh.get(pool)).counts["PROSPECT_CLOSED"] == 2
+
+
 ROUNDS = 10
 AGENTS = 20
 

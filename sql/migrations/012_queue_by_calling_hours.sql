@@ -225,11 +225,16 @@ END
 $$;
 
 -- Why nothing is callable: how many open prospects each rule holds back right now (a
--- prospect held by several rules counts under each). One pass over the prospects with no
--- subquery per row: the sets that hold prospects back (calls in progress, listed numbers,
--- other agents' assignments, reserved callbacks) are hashed once, and calling hours are
--- decided once per set of zones rather than per prospect.
-CREATE OR REPLACE FUNCTION queue_holds(p_agent_id uuid) RETURNS TABLE (code text, prospects bigint)
+-- prospect held by several rules counts under each), in two parts. queue_holds_shared()
+-- holds for every agent alike and reads every prospect, once, with no subquery per row:
+-- the sets that hold prospects back (calls in progress, listed numbers, assignments,
+-- reserved callbacks) are hashed once, and calling hours are decided once per set of
+-- zones. It counts all live assignments and every callback reserved for anyone; the
+-- server may share it between agents for a few seconds. queue_holds_own() is what to take
+-- off that for one agent (their own assignments, their own due callbacks), from the small
+-- tables only.
+DROP FUNCTION queue_holds(uuid);
+CREATE FUNCTION queue_holds_shared() RETURNS TABLE (code text, prospects bigint)
 LANGUAGE sql STABLE AS $$
     WITH rules AS MATERIALIZED (
         SELECT default_time_zone, callback_grace, now() - min_call_interval() AS recent_after
@@ -248,12 +253,11 @@ LANGUAGE sql STABLE AS $$
                p.live AND p.recycle_until > now() AS recycling,
                p.live AND p.id IN (
                    SELECT prospect_id FROM lead_assignments
-                   WHERE active AND (expires_at IS NULL OR expires_at > now())
-                     AND agent_id <> p_agent_id) AS assigned,
+                   WHERE active AND (expires_at IS NULL OR expires_at > now())) AS assigned,
                p.live AND p.id IN (
                    SELECT prospect_id FROM callbacks
                    WHERE taken_at IS NULL
-                     AND (due_at > now() OR (agent_id <> p_agent_id
+                     AND (due_at > now() OR (agent_id IS NOT NULL
                           AND due_at + (SELECT callback_grace FROM rules) > now()))) AS callback
         FROM live p
     ), by_zones AS (
@@ -285,6 +289,36 @@ LANGUAGE sql STABLE AS $$
         ('OUTSIDE_CALLING_HOURS', t.hours), ('RECYCLE_DELAY', t.recycling),
         ('ASSIGNED_TO_OTHER_AGENT', t.assigned), ('CALLBACK_PENDING', t.callback),
         ('PROSPECT_CLOSED', t.closed)) AS v(code, prospects)
+$$;
+
+-- What queue_holds_shared() counts that does not hold this agent back: open prospects
+-- assigned to them, and those whose only reserved callbacks are theirs and due.
+CREATE FUNCTION queue_holds_own(p_agent_id uuid) RETURNS TABLE (code text, prospects bigint)
+LANGUAGE sql STABLE AS $$
+    WITH rules AS MATERIALIZED (SELECT callback_grace FROM dialing_rules)
+    SELECT 'ASSIGNED_TO_OTHER_AGENT', count(*)
+    FROM lead_assignments la JOIN prospects p ON p.id = la.prospect_id
+    WHERE la.agent_id = p_agent_id AND la.active
+      AND (la.expires_at IS NULL OR la.expires_at > now())
+      AND p.final_at IS NULL AND p.erased_at IS NULL
+    UNION ALL
+    SELECT 'CALLBACK_PENDING', count(DISTINCT cb.prospect_id)
+    FROM callbacks cb JOIN prospects p ON p.id = cb.prospect_id
+    WHERE cb.agent_id = p_agent_id AND cb.taken_at IS NULL AND cb.due_at <= now()
+      AND cb.due_at + (SELECT callback_grace FROM rules) > now()
+      AND p.final_at IS NULL AND p.erased_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM callbacks o
+          WHERE o.prospect_id = cb.prospect_id AND o.taken_at IS NULL
+            AND (o.due_at > now() OR (o.agent_id <> p_agent_id
+                 AND o.due_at + (SELECT callback_grace FROM rules) > now())))
+$$;
+
+-- Both parts together, read now: what nextLead answers an agent when nothing is callable.
+CREATE FUNCTION queue_holds(p_agent_id uuid) RETURNS TABLE (code text, prospects bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT s.code, s.prospects - coalesce(o.prospects, 0)
+    FROM queue_holds_shared() s LEFT JOIN queue_holds_own(p_agent_id) o USING (code)
 $$;
 
 -- Replaced by open_queue_zones(), which asks only about the zones prospects have.

@@ -9,6 +9,14 @@ FROM next_lead($1);
 -- How many open prospects each rule holds back right now. $1 agent.
 SELECT code, prospects FROM queue_holds($1) ORDER BY prospects DESC, code;
 
+-- name: queue_holds_shared
+-- The part of queue_holds() that is the same for every agent (reads every prospect).
+SELECT code, prospects FROM queue_holds_shared();
+
+-- name: queue_holds_own
+-- What to take off queue_holds_shared() for one agent. $1 agent.
+SELECT code, prospects FROM queue_holds_own($1);
+
 -- name: add_do_not_call
 -- List a number; an already listed number keeps its entry. $1 phone, $2 scope, $3 source,
 -- $4 reason, $5 expires at, $6 acting user.
