@@ -562,6 +562,23 @@ async def test_agents_share_one_read_of_the_held_back_counts(pool: asyncpg.Pool)
     assert (await fresh.get(pool)).counts["PROSPECT_CLOSED"] == 2
 
 
+async def test_a_failed_read_of_the_held_back_counts_is_not_kept(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    """Every waiter sees the failure, and the next ask reads again."""
+    from resolvers.dialing import SharedHolds
+    from sql import database
+
+    gone = await database.create_pool(
+        database_url, min_call_interval_seconds=300, min_size=1, max_size=1
+    )
+    await gone.close()
+    shared = SharedHolds(seconds=60)
+    failures = await asyncio.gather(*(shared.get(gone) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(failure, asyncpg.InterfaceError) for failure in failures)
+    assert (await shared.get(pool)).counts["PROSPECT_CLOSED"] == 0
+
+
 ROUNDS = 10
 AGENTS = 20
 
