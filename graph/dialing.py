@@ -47,7 +47,10 @@ class NextLeadPayload:
     call_log_id: strawberry.ID | None
     nothing_callable: bool
     held_back: list[HeldBack] = strawberry.field(
-        description="When nothing is callable: what holds the open prospects back."
+        description=(
+            "When nothing is callable: what holds the open prospects back. Shared between "
+            "agents for up to QUEUE_HOLDS_CACHE_SECONDS (5 s), so a few seconds old at most."
+        )
     )
 
 
