@@ -37,54 +37,29 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import resource
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import warnings
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
+import common
 import psutil
-from api import (
-    INSERT_PROSPECTS,
-    LOGIN_MUTATION,
-    PASSWORD,
-    SELECT_PROSPECTS,
-    Terminated,
-    free_port,
-    graphql,
-    http_client,
-    log,
-    machine_note,
-    percentile,
-    prospect_phones,
-    wait_until_healthy,
-)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 from websockets.typing import Subprotocol
 
-from resolvers.users import create_user
 from sql import database
-from sql.migrator import migrate
 from sql.queries import QUERIES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_NAME = "callfloor_fanout"
-OUTCOME = "No Answer"
 SUBSCRIPTION = (
     "subscription { activeCallEvents { type seq at "
     "activeCall { callLogId prospectName callerName startedAt } outcome } }"
@@ -262,40 +237,18 @@ class Team:
 
 async def seed(url: str, prospect_count: int) -> Team:
     """Migrate; create a manager, an agent and prospect_count prospects."""
-    migrating = await asyncpg.connect(url)
-    try:
-        await migrate(migrating)
-    finally:
-        await migrating.close()
+    await common.migrate_database(url)
     pool = await database.create_pool(url, min_call_interval_seconds=0, min_size=1, max_size=2)
     try:
-        manager = await create_user(
-            pool,
-            email="wallboard@bench.test",
-            name="Wallboard",
-            password=PASSWORD,
-            role="manager",
-            bcrypt_rounds=4,
+        manager = await common.create_bench_user(
+            pool, "wallboard@bench.test", "Wallboard", "manager"
         )
-        agent = await create_user(
-            pool,
-            email="caller@bench.test",
-            name="Bench Caller",
-            password=PASSWORD,
-            role="agent",
-            bcrypt_rounds=4,
-        )
+        agent = await common.create_bench_user(pool, "caller@bench.test", "Bench Caller", "agent")
         now = datetime.now(UTC)
         async with pool.acquire() as connection, connection.transaction():
-            await connection.execute(
-                INSERT_PROSPECTS,
-                [f"Prospect {index:05d}" for index in range(prospect_count)],
-                prospect_phones(prospect_count),
-                [f"prospect{index}@example.com" for index in range(prospect_count)],
-                [None] * prospect_count,
-                [now - timedelta(seconds=index) for index in range(prospect_count)],
-            )
-            prospects = [row["id"] for row in await connection.fetch(SELECT_PROSPECTS)]
+            prospects = [
+                row["id"] for row in await common.insert_prospects(connection, prospect_count, now)
+            ]
         await pool.execute(OPEN_CALLING_HOURS)
         await pool.execute("ANALYZE")
         return Team(manager_email=manager["email"], agent_id=agent["id"], prospects=prospects)
@@ -311,41 +264,6 @@ def raise_open_files_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return target
     return soft
-
-
-@contextmanager
-def server_process(url: str, port: int, open_files: int, log_path: Path) -> Iterator[int]:
-    """`python server.py serve` on 127.0.0.1:port with room for open_files sockets."""
-    environment = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "BCRYPT_ROUNDS": "4",
-        "MIN_CALL_INTERVAL_SECONDS": "0",
-        "GRAPHIQL": "0",
-        # One process: the figures are per server process (WEB_CONCURRENCY > 1 forks).
-        "WEB_CONCURRENCY": "1",
-    }
-    with log_path.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "server.py", "serve"],
-            cwd=PROJECT_ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: raise_open_files_limit(open_files),
-        )
-        try:
-            yield process.pid
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 class CallStream:
@@ -379,7 +297,7 @@ class CallStream:
 
     async def end(self, prospect_id: UUID, call_log_id: UUID) -> None:
         """End a call (one ENDED event)."""
-        await self.call("end_call", prospect_id, call_log_id, self.agent_id, OUTCOME)
+        await self.call("end_call", prospect_id, call_log_id, self.agent_id, common.OUTCOME)
 
     async def run(self, prospects: list[UUID], rate: float) -> None:
         """One commit every 1/rate seconds: start 1, end 1, start 2, end 2, ..."""
@@ -390,11 +308,6 @@ class CallStream:
             call_log_id = await self.start(prospect_id)
             await asyncio.sleep(max(0.0, began + (2 * number + 1) * interval - time.perf_counter()))
             await self.end(prospect_id, call_log_id)
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    """The last lines of the server's log."""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def rss(pid: int) -> int:
@@ -418,20 +331,15 @@ class Cpu:
         self.server = psutil.Process(server_pid)
         self.bench = psutil.Process()
         self.began = time.perf_counter()
-        self.server_began = self._seconds(self.server)
-        self.bench_began = self._seconds(self.bench)
-
-    @staticmethod
-    def _seconds(process: psutil.Process) -> float:
-        times = process.cpu_times()
-        return float(times.user + times.system)
+        self.server_began = common.cpu_seconds(self.server)
+        self.bench_began = common.cpu_seconds(self.bench)
 
     def spent(self) -> Spent:
         """What was spent since creation."""
         return Spent(
             seconds=time.perf_counter() - self.began,
-            server=self._seconds(self.server) - self.server_began,
-            bench=self._seconds(self.bench) - self.bench_began,
+            server=common.cpu_seconds(self.server) - self.server_began,
+            bench=common.cpu_seconds(self.bench) - self.bench_began,
         )
 
 
@@ -603,22 +511,36 @@ async def measure(options: Options, url: str, team: Team, count: int, log_path: 
     del team.prospects[: options.calls + 2]
     warmup_prospect, probe_prospect, stream_prospects = own[0], own[1], own[2:]
     compression = None if options.compression == "none" else options.compression
-    port = free_port()
+    port = common.free_port()
     base_url = f"http://127.0.0.1:{port}"
     ws_url = f"ws://127.0.0.1:{port}/graphql"
     pool = await database.create_pool(url, min_call_interval_seconds=0, min_size=1, max_size=2)
     stream = CallStream(pool, team.agent_id)
     subscribers: list[Subscriber] = []
     finished = False
-    log(f"N={count}: starting the server on {base_url} ...")
+    common.log(f"N={count}: starting the server on {base_url} ...")
+    server_settings = {
+        "MIN_CALL_INTERVAL_SECONDS": "0",
+        # One process: the figures are per server process (WEB_CONCURRENCY > 1 forks).
+        "WEB_CONCURRENCY": "1",
+    }
     try:
-        with server_process(url, port, count + SPARE_FILES, log_path) as pid:
+        with common.server_process(
+            url,
+            port,
+            log_path,
+            server_settings,
+            # Room for every subscriber's socket.
+            preexec_fn=lambda: raise_open_files_limit(count + SPARE_FILES),
+            # Thousands of sockets to close first.
+            stop_seconds=20,
+        ) as pid:
             try:
-                await wait_until_healthy(base_url, pid)
+                await common.wait_until_healthy(base_url, pid)
                 if not team.token:
-                    async with http_client(base_url) as client:
-                        variables = {"email": team.manager_email, "password": PASSWORD}
-                        data = await graphql(client, LOGIN_MUTATION, variables)
+                    async with common.http_client(base_url) as client:
+                        variables = {"email": team.manager_email, "password": common.PASSWORD}
+                        data = await common.graphql(client, common.LOGIN_MUTATION, variables)
                         team.token = data["login"]["token"]
 
                 # Warm the whole path up once, then take the baseline.
@@ -630,7 +552,7 @@ async def measure(options: Options, url: str, team: Team, count: int, log_path: 
                 await asyncio.sleep(SETTLE_SECONDS)
                 rss_before = rss(pid)
 
-                log(f"N={count}: opening {count} subscribers, {options.batch} at a time ...")
+                common.log(f"N={count}: opening {count} subscribers, {options.batch} at a time ...")
                 cpu = Cpu(pid)
                 subscribers, failed = await open_subscribers(
                     ws_url, team.token, count, options.batch, compression
@@ -638,7 +560,7 @@ async def measure(options: Options, url: str, team: Team, count: int, log_path: 
                 connecting = cpu.spent()
                 await asyncio.sleep(SETTLE_SECONDS)
                 rss_after = rss(pid)
-                log(
+                common.log(
                     f"N={count}: {len(subscribers)} subscribed in {connecting.seconds:.1f}s "
                     f"({len(failed)} failed; server CPU {connecting.server:.1f}s, bench CPU "
                     f"{connecting.bench:.1f}s); RSS {rss_before / 2**20:.1f} -> "
@@ -650,7 +572,7 @@ async def measure(options: Options, url: str, team: Team, count: int, log_path: 
                 fan_out = await time_fan_out(stream, subscribers, probe_prospect)
                 rate = options.rate or min(MAX_RATE, 1 / (HEADROOM * fan_out))
                 calls = min(options.calls, max(MIN_CALLS, int(options.seconds * rate / 2)))
-                log(
+                common.log(
                     f"N={count}: one event reached all subscribers in {fan_out * 1000:.0f} ms; "
                     f"streaming {2 * calls} events at {rate:.2f}/s ..."
                 )
@@ -663,14 +585,11 @@ async def measure(options: Options, url: str, team: Team, count: int, log_path: 
                 streaming = cpu.spent()
                 rss_after_stream = rss(pid)
                 closed_early = sum(s.socket.close_code is not None for s in subscribers)
-                log(f"N={count}: closing ...")
+                common.log(f"N={count}: closing ...")
                 closing = Cpu(pid)
                 await close_subscribers(subscribers, options.batch)
-                log(f"N={count}: closed in {closing.spent().seconds:.1f}s")
+                common.log(f"N={count}: closed in {closing.spent().seconds:.1f}s")
                 finished = True
-            except Exception:
-                log("server log (last lines):\n" + log_tail(log_path))
-                raise
             finally:
                 if not finished:
                     abort_subscribers(subscribers)
@@ -688,8 +607,8 @@ async def measure(options: Options, url: str, team: Team, count: int, log_path: 
         events=events,
         rate=rate,
         deliveries=len(delays),
-        p50_ms=percentile(delays, 0.50) * 1000,
-        p99_ms=percentile(delays, 0.99) * 1000,
+        p50_ms=common.percentile(delays, 0.50) * 1000,
+        p99_ms=common.percentile(delays, 0.99) * 1000,
         max_ms=(delays[-1] if delays else float("nan")) * 1000,
         first_p50_ms=statistics.median(firsts) * 1000 if firsts else float("nan"),
         last_p50_ms=statistics.median(lasts) * 1000 if lasts else float("nan"),
@@ -746,18 +665,13 @@ def report(options: Options, results: list[Result]) -> None:
     """Print the table (or JSON) on stdout."""
     if options.json:
         document = {
-            "machine": {
-                "cores": os.cpu_count(),
-                "system": platform.system(),
-                "machine": platform.machine(),
-                "python": platform.python_version(),
-            },
+            "machine": common.machine_facts(),
             "options": asdict(options),
             "results": [asdict(result) for result in results],
         }
         print(json.dumps(document, indent=2))
         return
-    print(machine_note())
+    print(common.machine_note())
     pace = (
         f"{options.rate:g} events/s"
         if options.rate
@@ -856,10 +770,6 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when installed (as uvicorn does); SIGTERM cancels like Ctrl-C."""
     try:
@@ -868,56 +778,29 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         loop_factory: Any = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
-
-    async def cancellable() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        try:
-            return await coroutine
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, _terminate)
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(cancellable())
+    return common.run(coroutine, loop_factory)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Set up, measure, report, and tear everything down whatever happens."""
     options = parse_options(argv)
-    signal.signal(signal.SIGTERM, _terminate)
     wanted = max(options.subscribers) + SPARE_FILES
     limit = raise_open_files_limit(wanted)
     if limit < wanted:
-        log(f"the open-files limit is {limit}, below the {wanted} this run needs")
+        common.log(f"the open-files limit is {limit}, below the {wanted} this run needs")
         return 2
-    # Short path: PostgreSQL's Unix socket lives in it (sun_path is ~100 bytes).
-    directory = Path(tempfile.mkdtemp(prefix="cf-fanout-"))
-    server_log = directory / "server.log"
-    postgres: Any = None
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    try:
-        log(f"starting PostgreSQL in {directory} ...")
-        postgres = database.start_embedded_server(directory)
-        admin_url = postgres.get_uri()
-        run(database.ensure_database(admin_url, DATABASE_NAME))
-        url = database.with_database(admin_url, DATABASE_NAME)
-        prospects = (options.calls + 2) * len(options.subscribers)
-        log(f"seeding {prospects} prospects ...")
-        team = run(seed(url, prospects))
-        results = run(measure_all(options, url, team, server_log))
-        report(options, results)
-        failed = any(r.missed or r.resyncs or r.failed_connects for r in results)
-        return 1 if failed else 0
-    except (Terminated, asyncio.CancelledError, KeyboardInterrupt):
-        log("interrupted; stopping the server and PostgreSQL")
-        return 130
-    finally:
-        if postgres is not None:
-            postgres.cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
+    return common.run_benchmark("cf-fanout-", DATABASE_NAME, partial(benchmark, options))
+
+
+def benchmark(options: Options, postgres: common.TemporaryPostgres, url: str) -> int:
+    """Seed the database, then measure each N on a fresh server and report; the exit status."""
+    prospects = (options.calls + 2) * len(options.subscribers)
+    common.log(f"seeding {prospects} prospects ...")
+    team = run(seed(url, prospects))
+    results = run(measure_all(options, url, team, postgres.directory / "server.log"))
+    report(options, results)
+    failed = any(r.missed or r.resyncs or r.failed_connects for r in results)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,14 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import asyncpg
+import common
 import psutil
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from resolvers.bulk_phones import PhoneNormalizer  # noqa: E402
-from resolvers.phones import normalize_phone, phone_time_zones  # noqa: E402
-from sql import database  # noqa: E402
+from resolvers.bulk_phones import PhoneNormalizer
+from resolvers.phones import normalize_phone, phone_time_zones
 
 AREAS = ("212", "312", "415", "617", "646", "713", "305", "404", "206", "303")
 FIRST = ("Ana", "Ben", "Chloe", "Dev", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jon")
@@ -125,7 +120,7 @@ def postgres_cpu_seconds(postmaster: psutil.Process) -> float:
     total = sum(postmaster.cpu_times()[:4])
     for child in postmaster.children():
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += sum(child.cpu_times()[:2])
+            total += common.cpu_seconds(child)
     return total
 
 
@@ -138,13 +133,13 @@ def run_import(csv_path: Path, url: str, rows: int, mode: str, postmaster: psuti
         process = subprocess.Popen(
             [
                 sys.executable,
-                str(PROJECT_ROOT / "server.py"),
+                str(common.PROJECT_ROOT / "server.py"),
                 "import-csv",
                 str(csv_path),
                 "--mode",
                 mode,
             ],
-            cwd=PROJECT_ROOT,
+            cwd=common.PROJECT_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=errors,
@@ -208,8 +203,7 @@ async def fresh_database(admin_url: str, name: str) -> str:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
     finally:
         await connection.close()
-    await database.ensure_database(admin_url, name)
-    return database.with_database(admin_url, name)
+    return await common.create_database(admin_url, name)
 
 
 def main() -> int:
@@ -220,25 +214,20 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(size) for size in args.rows.split(",")]
 
-    directory = Path(tempfile.mkdtemp(prefix="cf-bench-"))
-    server = database.start_embedded_server(directory / "db")
-    postmaster = next(
-        process
-        for process in psutil.process_iter(["name", "cmdline"])
-        if process.info["name"] == "postgres"
-        and str(directory / "db") in " ".join(process.info["cmdline"] or [])
-    )
+    postgres = common.TemporaryPostgres("cf-bench-")
     results: list[Run] = []
     try:
+        admin_url = postgres.start()
+        postmaster = psutil.Process(postgres.postmaster_pid())
         phones = time_phones()
         for size in sizes:
-            csv_path = directory / f"prospects-{size}.csv"
+            csv_path = postgres.directory / f"prospects-{size}.csv"
             started = time.perf_counter()
             write_csv(csv_path, size)
             generated = time.perf_counter() - started
             megabytes = csv_path.stat().st_size / 1e6
             print(f"{size:,} rows: {megabytes:.0f} MB written in {generated:.1f} s", flush=True)
-            url = asyncio.run(fresh_database(server.get_uri(), f"bench_import_{size}"))
+            url = asyncio.run(fresh_database(admin_url, f"bench_import_{size}"))
             modes = ["skip"] if args.no_again else ["skip", "update"]
             for mode in modes:
                 result = run_import(csv_path, url, size, mode, postmaster)
@@ -255,8 +244,7 @@ def main() -> int:
                 )
             csv_path.unlink()
     finally:
-        server.cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
+        postgres.remove()
     print(
         f"phones: phonenumbers {phones['phonenumbers_us']} µs/number (E.164 and zones), "
         f"fast path {phones['fast_path_us']} µs/number"
@@ -267,7 +255,7 @@ def main() -> int:
         print(
             json.dumps(
                 {
-                    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                    "machine": common.cores_note(),
                     "phones": phones,
                     "runs": [asdict(r) for r in results],
                 },

@@ -44,63 +44,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import re
 import secrets
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+import common
 import httpx
 import phonenumbers
 import psutil
-from api import (
-    DATABASE_NAME,
-    END_CALL_MUTATION,
-    OUTCOME,
-    PASSWORD,
-    CpuMeter,
-    GraphQLFailed,
-    Terminated,
-    free_port,
-    graphql,
-    http_client,
-    log,
-    machine_note,
-    percentile,
-    run,
-    wait_until_healthy,
-)
 
 from resolvers.auth import hash_password, hash_token
 from resolvers.phones import phone_time_zones
 from sql import database
-from sql.migrator import migrate
 from sql.queries import QUERIES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATABASE_NAME = "callfloor_bench"
 MIN_CALL_INTERVAL_SECONDS = 300
 SERVER_POOL_SIZE = 70
 # Area codes of the seeded numbers, one zone each (checked against phonenumbers below).
 AREA_CODES = ("212", "312", "415", "617", "713", "206", "303", "602", "404", "305")
 CALLED_SHARE = 0.9
 FRESH, WORN = "fresh", "worn"
-# Below this many operations in a window, percentiles and rates are mostly noise.
-FEW_OPERATIONS = 50
 FLUSH_SECONDS = 12.0
 # Warm-up grows by a second per this many agents (64 agents: 10.7 s).
 WARMUP_AGENTS_PER_SECOND = 6
@@ -197,7 +170,6 @@ BEGIN
 END
 $$
 """
-OPEN_RULES = "UPDATE calling_hours SET opens_at = '00:00', closes_at = '24:00'"
 TRACK_FUNCTIONS = """
 DO $$
 BEGIN
@@ -520,7 +492,7 @@ SCAN_NODE = re.compile(
 def log_step(started: float, message: str) -> float:
     """Log how long the step took; returns its duration in seconds."""
     took = time.perf_counter() - started
-    log(f"  {message} ({took:.1f}s)")
+    common.log(f"  {message} ({took:.1f}s)")
     return took
 
 
@@ -596,30 +568,28 @@ async def seed(url: str, options: Options) -> Seeded:
     began = time.perf_counter()
 
     step = time.perf_counter()
-    migrating = await asyncpg.connect(url)
-    try:
-        await migrate(migrating)
+    await common.migrate_database(
+        url,
         # The figures must not depend on when the benchmark runs: open calling hours all
         # day. The attempt caps keep their defaults.
-        await migrating.execute(OPEN_RULES)
+        common.OPEN_CALLING_HOURS,
         # Fewer checkpoints while loading ~5 GB; kept for the run (a production setting).
-        await migrating.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
-        await migrating.execute("ALTER SYSTEM SET checkpoint_timeout = '30min'")
+        "ALTER SYSTEM SET max_wal_size = '8GB'",
+        "ALTER SYSTEM SET checkpoint_timeout = '30min'",
         # The server's pool (70) and the asyncpg path's (64) at once, and the observers;
         # takes effect when PostgreSQL restarts after seeding.
-        await migrating.execute("ALTER SYSTEM SET max_connections = '200'")
-        await migrating.execute("SELECT pg_reload_conf()")
+        "ALTER SYSTEM SET max_connections = '200'",
+        "SELECT pg_reload_conf()",
         # Per-function call counts and times, for the candidates checked per nextLead.
-        await migrating.execute(TRACK_FUNCTIONS)
-    finally:
-        await migrating.close()
+        TRACK_FUNCTIONS,
+    )
     seconds["migrate"] = log_step(step, "migrated")
 
     first = await seeding_connection(url)
     second = await seeding_connection(url)
     try:
         step = time.perf_counter()
-        password_hash = await hash_password(PASSWORD, 4)
+        password_hash = await hash_password(common.PASSWORD, 4)
         await first.execute(INSERT_USERS, password_hash, options.agents)
         manager = await first.fetchval(INSERT_MANAGER, password_hash)
         agent_ids = [row["id"] for row in await first.fetch(SELECT_AGENTS)]
@@ -656,7 +626,7 @@ async def seed(url: str, options: Options) -> Seeded:
                     called,
                 )
                 done += size
-                log(f"    {called + done:,} call logs ...")
+                common.log(f"    {called + done:,} call logs ...")
 
         # Two connections, one per core: generating rows is CPU-bound.
         offsets = list(range(0, earlier, batch))
@@ -739,44 +709,6 @@ async def seed(url: str, options: Options) -> Seeded:
     finally:
         await first.close()
         await second.close()
-
-
-# --- the server -------------------------------------------------------------------------
-
-
-@contextmanager
-def server_process(url: str, port: int, log_path: Path) -> Iterator[int]:
-    """`python server.py serve` on 127.0.0.1:port; yields its pid, stops it on exit."""
-    environment = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "BCRYPT_ROUNDS": "4",
-        "MIN_CALL_INTERVAL_SECONDS": str(MIN_CALL_INTERVAL_SECONDS),
-        "DB_POOL_MIN_SIZE": "4",
-        "DB_POOL_MAX_SIZE": str(SERVER_POOL_SIZE),
-        "WEB_CONCURRENCY": "1",
-        "GRAPHIQL": "0",
-    }
-    with log_path.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "server.py", "serve"],
-            cwd=PROJECT_ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process.pid
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 # --- measuring --------------------------------------------------------------------------
@@ -867,7 +799,7 @@ async def drive(
     path: str,
     desks: list[Desk],
     options: Options,
-    meter: CpuMeter,
+    meter: common.CpuMeter,
     observer: asyncpg.Connection,
 ) -> Result:
     """Every desk loops nextLead + endCall; nextLead is timed inside the window."""
@@ -916,7 +848,7 @@ async def drive(
             prospect_id, call_log_id = lead
             if prospect_id in holding:
                 tally["duplicates"] += 1
-                log(
+                common.log(
                     f"DUPLICATE: {prospect_id} handed to {desk.agent_id} while "
                     f"{holding[prospect_id]} holds it"
                 )
@@ -933,7 +865,9 @@ async def drive(
                     del holding[prospect_id]
 
     await asyncio.gather(read_cpu_at_window_edges(), *(worker(desk) for desk in desks))
-    bench_cpu, server_cpu, postgres_cpu = CpuMeter.spent(readings["before"], readings["after"])
+    bench_cpu, server_cpu, postgres_cpu = common.CpuMeter.spent(
+        readings["before"], readings["after"]
+    )
     ours = bench_cpu + (server_cpu or 0.0) + postgres_cpu
     other_cores = (
         max(0.0, readings["busy after"] - readings["busy before"] - ours) / options.seconds
@@ -967,8 +901,8 @@ async def drive(
         per_second=count / options.seconds,
         early_per_second=early / quarter,
         late_per_second=late / quarter,
-        p50_ms=percentile(latencies, 0.50) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
+        p50_ms=common.percentile(latencies, 0.50) * 1000,
+        p99_ms=common.percentile(latencies, 0.99) * 1000,
         max_ms=(latencies[-1] * 1000) if latencies else float("nan"),
         nothing_callable=tally["nothing"],
         duplicates=tally["duplicates"],
@@ -993,17 +927,13 @@ def graphql_desk(client: httpx.AsyncClient, agent_id: UUID) -> Desk:
     """nextLead and endCall as the agent, over HTTP."""
 
     async def next_lead() -> Lead:
-        payload = (await graphql(client, NEXT_LEAD_MUTATION, {}))["nextLead"]
+        payload = (await common.graphql(client, NEXT_LEAD_MUTATION, {}))["nextLead"]
         if payload["nothingCallable"]:
             return None
         return UUID(payload["prospect"]["id"]), UUID(payload["callLogId"])
 
     async def end_call(prospect_id: UUID, call_log_id: UUID) -> None:
-        await graphql(
-            client,
-            END_CALL_MUTATION,
-            {"prospectId": str(prospect_id), "callLogId": str(call_log_id), "outcome": OUTCOME},
-        )
+        await common.end_call_via_graphql(client, str(prospect_id), str(call_log_id))
 
     return Desk(agent_id, next_lead, end_call)
 
@@ -1013,8 +943,7 @@ def asyncpg_desk(pool: asyncpg.Pool, agent_id: UUID, token: str) -> Desk:
     token_hash = hash_token(token)
 
     async def next_lead() -> Lead:
-        if await pool.fetchrow(QUERIES["session_user"], token_hash) is None:
-            raise RuntimeError("session_user found no user")
+        await common.look_up_session(pool, token_hash)
         call = await pool.fetchrow(QUERIES["next_lead"], agent_id)
         if call is None:
             await pool.fetch(QUERIES["queue_holds"], agent_id)
@@ -1024,18 +953,13 @@ def asyncpg_desk(pool: asyncpg.Pool, agent_id: UUID, token: str) -> Desk:
         return call["prospect_id"], call["call_log_id"]
 
     async def end_call(prospect_id: UUID, call_log_id: UUID) -> None:
-        if await pool.fetchrow(QUERIES["session_user"], token_hash) is None:
-            raise RuntimeError("session_user found no user")
-        ended = await pool.fetchrow(
-            QUERIES["end_call"], prospect_id, call_log_id, agent_id, OUTCOME, None, None, None, None
-        )
-        assert ended is not None
+        await common.end_call_via_asyncpg(pool, token_hash, prospect_id, call_log_id, agent_id)
 
     return Desk(agent_id, next_lead, end_call)
 
 
 async def measure_phase(
-    phase: str, options: Options, url: str, base_url: str, seeded: Seeded, meter: CpuMeter
+    phase: str, options: Options, url: str, base_url: str, seeded: Seeded, meter: common.CpuMeter
 ) -> list[Result]:
     """Each concurrency through GraphQL, then through asyncpg."""
     results: list[Result] = []
@@ -1043,9 +967,9 @@ async def measure_phase(
     try:
         for concurrency in options.concurrency:
             agents = list(zip(seeded.agent_ids, seeded.tokens, strict=False))[:concurrency]
-            clients = [http_client(base_url, token) for _, token in agents]
+            clients = [common.http_client(base_url, token) for _, token in agents]
             try:
-                log(f"{phase}: graphql, {concurrency} agents ...")
+                common.log(f"{phase}: graphql, {concurrency} agents ...")
                 desks = [
                     graphql_desk(client, agent_id)
                     for client, (agent_id, _) in zip(clients, agents, strict=True)
@@ -1061,7 +985,7 @@ async def measure_phase(
                 max_size=concurrency,
             )
             try:
-                log(f"{phase}: asyncpg, {concurrency} tasks ...")
+                common.log(f"{phase}: asyncpg, {concurrency} tasks ...")
                 desks = [asyncpg_desk(pool, agent_id, token) for agent_id, token in agents]
                 results.append(await drive(phase, "asyncpg", desks, options, meter, observer))
             finally:
@@ -1449,12 +1373,7 @@ def report(
     """Print the table, the checks, the plans and a summary (or JSON) on stdout."""
     if options.json:
         document = {
-            "machine": {
-                "cores": os.cpu_count(),
-                "system": platform.system(),
-                "machine": platform.machine(),
-                "python": platform.python_version(),
-            },
+            "machine": common.machine_facts(),
             "options": asdict(options),
             "data": {
                 key: value
@@ -1470,7 +1389,7 @@ def report(
         return
 
     seconds = seeded.seconds
-    print(machine_note())
+    print(common.machine_note())
     print(
         f"data: {seeded.prospects:,} prospects ({seeded.open_prospects:,} open in the queue, "
         f"{seeded.never_called:,} never called, {seeded.capped:,} open ones at the "
@@ -1485,7 +1404,7 @@ def report(
         f"{settings['max_attempts_per_day']} per local day, "
         f"{settings['max_attempts_per_number_24h']} per number in 24 h); calling hours "
         f"opened 00:00-24:00 every day; min call interval {MIN_CALL_INTERVAL_SECONDS}s; "
-        f"'{OUTCOME}' recycles the prospect for 2 h."
+        f"'{common.OUTCOME}' recycles the prospect for 2 h."
     )
     print(
         "seeding: "
@@ -1551,8 +1470,10 @@ def report(
         f"check data: {seeded.orphan_calls} orphan call logs; {seeded.invalid_phones} invalid "
         f"and {seeded.wrong_zones} wrongly zoned numbers in a sample of {seeded.sampled_phones}"
     )
-    if any(result.operations < FEW_OPERATIONS for result in results):
-        print(f"note: fewer than {FEW_OPERATIONS} operations in a window; use more --seconds")
+    if any(result.operations < common.FEW_OPERATIONS for result in results):
+        print(
+            f"note: fewer than {common.FEW_OPERATIONS} operations in a window; use more --seconds"
+        )
 
     print()
     print("== Plans (after the fresh phase) ==")
@@ -1677,10 +1598,6 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 async def read_settings(url: str) -> dict[str, str]:
     """The PostgreSQL settings and dialing rules the report names."""
     connection = await asyncpg.connect(url)
@@ -1700,70 +1617,57 @@ async def read_settings(url: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Set up, seed, measure, explain, report, and tear everything down whatever happens."""
     options = parse_options(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    # Short path: PostgreSQL's Unix socket lives in it (sun_path is ~100 bytes).
-    directory = Path(tempfile.mkdtemp(prefix="cf-nl-"))
-    server_log = directory / "server.log"
-    postgres: Any = None
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
-        log(f"starting PostgreSQL in {directory} ...")
-        postgres = database.start_embedded_server(directory)
-        admin_url = postgres.get_uri()
-        run(database.ensure_database(admin_url, DATABASE_NAME))
-        url = database.with_database(admin_url, DATABASE_NAME)
-        log(f"seeding {options.prospects:,} prospects and {options.call_logs:,} call logs ...")
-        seeded = run(seed(url, options))
-        log(f"seeded in {seeded.seconds['total']:.0f}s; restarting PostgreSQL ...")
-        postgres.cleanup()
-        postgres = database.start_embedded_server(directory)
-        url = database.with_database(postgres.get_uri(), DATABASE_NAME)
-        settings = run(read_settings(url))
-
-        results: list[Result] = []
-        plans = Plans()
-        worn: tuple[int, float] | None = None
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        log(f"starting the server on {base_url} ...")
-        with server_process(url, port, server_log) as server_pid:
-            try:
-                run(wait_until_healthy(base_url, server_pid))
-                meter = CpuMeter(server_pid, postgres.get_pid())
-                if FRESH in options.phases:
-                    results += run(measure_phase(FRESH, options, url, base_url, seeded, meter))
-                log("explaining ...")
-                plans = run(collect_plans(url, seeded))
-                if WORN in options.phases:
-                    log("closing the never-called prospects ...")
-                    worn = run(wear_queue(url))
-                    results += run(measure_phase(WORN, options, url, base_url, seeded, meter))
-                    plans.probes.append(run(probe_worn_queue(url, seeded)))
-            except Exception:
-                tail = server_log.read_text(errors="replace").splitlines()[-30:]
-                log("server log (last lines):\n" + "\n".join(tail))
-                raise
-        report(options, seeded, results, plans, settings, worn)
-        failed = any(
-            result.errors
-            or result.end_errors
-            or result.duplicates
-            or result.repeats
-            or result.nothing_callable
-            or result.called_twice
-            for result in results
-        )
-        return 1 if failed else 0
-    except (Terminated, asyncio.CancelledError, KeyboardInterrupt):
-        log("interrupted; stopping the server and PostgreSQL")
-        return 130
-    except GraphQLFailed as error:
-        log(f"GraphQL failed: {error}")
+        return common.run_benchmark("cf-nl-", DATABASE_NAME, partial(benchmark, options))
+    except common.GraphQLFailed as error:
+        common.log(f"GraphQL failed: {error}")
         return 1
-    finally:
-        if postgres is not None:
-            postgres.cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
+
+
+def benchmark(options: Options, postgres: common.TemporaryPostgres, url: str) -> int:
+    """Seed, restart PostgreSQL, serve, measure, explain and report; the exit status."""
+    common.log(f"seeding {options.prospects:,} prospects and {options.call_logs:,} call logs ...")
+    seeded = common.run(seed(url, options))
+    common.log(f"seeded in {seeded.seconds['total']:.0f}s; restarting PostgreSQL ...")
+    url = database.with_database(postgres.restart(), DATABASE_NAME)
+    settings = common.run(read_settings(url))
+
+    results: list[Result] = []
+    plans = Plans()
+    worn: tuple[int, float] | None = None
+    port = common.free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    common.log(f"starting the server on {base_url} ...")
+    server_settings = {
+        "MIN_CALL_INTERVAL_SECONDS": str(MIN_CALL_INTERVAL_SECONDS),
+        "DB_POOL_MIN_SIZE": "4",
+        "DB_POOL_MAX_SIZE": str(SERVER_POOL_SIZE),
+        "WEB_CONCURRENCY": "1",
+    }
+    server_log = postgres.directory / "server.log"
+    with common.server_process(url, port, server_log, server_settings) as server_pid:
+        common.run(common.wait_until_healthy(base_url, server_pid))
+        meter = common.CpuMeter(server_pid, postgres.postmaster_pid(), DATABASE_NAME)
+        if FRESH in options.phases:
+            results += common.run(measure_phase(FRESH, options, url, base_url, seeded, meter))
+        common.log("explaining ...")
+        plans = common.run(collect_plans(url, seeded))
+        if WORN in options.phases:
+            common.log("closing the never-called prospects ...")
+            worn = common.run(wear_queue(url))
+            results += common.run(measure_phase(WORN, options, url, base_url, seeded, meter))
+            plans.probes.append(common.run(probe_worn_queue(url, seeded)))
+    report(options, seeded, results, plans, settings, worn)
+    failed = any(
+        result.errors
+        or result.end_errors
+        or result.duplicates
+        or result.repeats
+        or result.nothing_callable
+        or result.called_twice
+        for result in results
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -23,21 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
+import common
 
 from resolvers import archive, reports
 from sql import database
@@ -120,11 +115,6 @@ GROUP BY 1, 2
 """
 
 
-def log(message: str) -> None:
-    """Progress goes to stderr; stdout keeps the results."""
-    print(message, file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True)
 class Options:
     calls: int
@@ -202,13 +192,8 @@ async def load(url: str, options: Options) -> dict[str, float]:
         await connection.execute("SELECT pg_reload_conf()")
         await migrate(connection)
         # Calls are made at any hour and as often as the data says: open the dialing rules.
-        await connection.execute(
-            """
-            UPDATE calling_hours SET opens_at = '00:00', closes_at = '24:00';
-            UPDATE dialing_rules SET max_attempts_total = 1000000000,
-                max_attempts_per_day = 1000000000, max_attempts_per_number_24h = 1000000000;
-            """
-        )
+        await connection.execute(common.OPEN_CALLING_HOURS)
+        await connection.execute(common.LIFT_ATTEMPT_CAPS)
         started = time.perf_counter()
         await connection.execute(
             """
@@ -272,7 +257,7 @@ async def load(url: str, options: Options) -> dict[str, float]:
                     options.agents,
                 )
                 done += last - first + 1
-                log(f"  {done:,} / {options.calls:,} call logs")
+                common.log(f"  {done:,} / {options.calls:,} call logs")
         finally:
             await job.close()
 
@@ -290,7 +275,7 @@ async def load(url: str, options: Options) -> dict[str, float]:
         started = time.perf_counter()
         await connection.execute("SET maintenance_work_mem = '512MB'")
         for ddl in redo:
-            log(f"  {ddl[:90]}")
+            common.log(f"  {ddl[:90]}")
             await connection.execute(ddl)
         steps["rebuild indexes"] = time.perf_counter() - started
 
@@ -425,7 +410,7 @@ async def measure(url: str, options: Options) -> tuple[list[Timing], list[str], 
                 lambda: reports.recent_status_changes(pool, 100),
             )
         )
-        log("timing the seed's SQL on the call logs (one run each) ...")
+        common.log("timing the seed's SQL on the call logs (one run each) ...")
         for name, detail, sql, args in (
             ("seed: prospects called multiple times", "all calls", SEED_PROSPECTS_CALLED, ()),
             ("seed: agent performance", "all calls", SEED_AGENT_PERFORMANCE, ()),
@@ -435,7 +420,7 @@ async def measure(url: str, options: Options) -> tuple[list[Timing], list[str], 
                 await timed(name, detail, 1, lambda sql=sql, args=args: pool.fetch(sql, *args))
             )
 
-        log("explaining ...")
+        common.log("explaining ...")
         whole = QUERIES["agent_performance"], year[0], year[1]
         plans.append(await explain(pool, "agentPerformance, 366 days", *whole))
         plans.append(
@@ -476,7 +461,7 @@ async def measure(url: str, options: Options) -> tuple[list[Timing], list[str], 
         )
 
         # A day of calls nobody has folded yet: reports read them from the journal.
-        log("unfolded changes and the fold ...")
+        common.log("unfolded changes and the fold ...")
         per_day = options.calls // max(1, options.days * 5 // 7)
         await pool.execute(
             """
@@ -507,7 +492,7 @@ async def measure(url: str, options: Options) -> tuple[list[Timing], list[str], 
         extra["folded"] = await reports.fold_call_stats(pool)
         extra["fold_seconds"] = time.perf_counter() - started
 
-        log("archiving: a dry run at 365 days, then the oldest days ...")
+        common.log("archiving: a dry run at 365 days, then the oldest days ...")
         started = time.perf_counter()
         plan = await archive.plan_archive(pool, now - timedelta(days=365))
         extra["plan_seconds"] = time.perf_counter() - started
@@ -540,8 +525,8 @@ def report(
     print()
     print(
         f"{options.agents} agents, {options.prospects:,} prospects, {options.calls:,} call logs"
-        f" over {options.days} days of weekday calling hours; {platform.machine()},"
-        f" {os.cpu_count()} cores, PostgreSQL defaults of the embedded server."
+        f" over {options.days} days of weekday calling hours; {common.cores_note()},"
+        " PostgreSQL defaults of the embedded server."
     )
     print()
     print("| load step | seconds |")
@@ -604,30 +589,23 @@ def parse_options(argv: list[str] | None) -> Options:
 def main(argv: list[str] | None = None) -> int:
     """Set up, measure, report, and remove the database whatever happens."""
     options = parse_options(argv)
-    directory = Path(tempfile.mkdtemp(prefix="cf-rbench-"))
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    postgres: Any = None
+    postgres = common.TemporaryPostgres("cf-rbench-")
     try:
-        log(f"starting PostgreSQL in {directory} ...")
-        postgres = database.start_embedded_server(directory)
-        admin_url = postgres.get_uri()
-        asyncio.run(database.ensure_database(admin_url, DATABASE_NAME))
-        url = database.with_database(admin_url, DATABASE_NAME)
+        admin_url = postgres.start()
+        url = asyncio.run(common.create_database(admin_url, DATABASE_NAME))
         started = time.perf_counter()
-        log(f"loading {options.calls:,} call logs ...")
+        common.log(f"loading {options.calls:,} call logs ...")
         steps = asyncio.run(load(url, options))
         steps["total"] = time.perf_counter() - started
-        log(f"loaded in {steps['total']:.0f} s; measuring ...")
+        common.log(f"loaded in {steps['total']:.0f} s; measuring ...")
         timings, plans, extra = asyncio.run(measure(url, options))
         report(options, steps, timings, plans, extra)
         return 0
     except KeyboardInterrupt:
-        log("interrupted")
+        common.log("interrupted")
         return 130
     finally:
-        if postgres is not None:
-            postgres.cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
+        postgres.remove()
 
 
 if __name__ == "__main__":
