@@ -196,13 +196,14 @@ FROM unnest($1::bytea[], $2::uuid[]) AS t(token_hash, user_id)
 # $1 seeded at, $2 prospects, $3 area codes, $4 zones per area code, $5 called prospects.
 INSERT_PROSPECTS = """
 INSERT INTO prospects (id, name, phone, email, company, status, last_call, created_at,
-                       updated_at, phone_time_zones, final_at, recycle_until)
+                       updated_at, phone_time_zones, final_at, closed_by, recycle_until)
 SELECT pg_temp.seed_id(n), 'Prospect ' || n, pg_temp.seed_phone(n, $3),
        'prospect' || n || '@example.com',
        (ARRAY['Acme Corp', 'Globex', 'Initech', 'Umbrella', 'Hooli', NULL])[1 + n % 6],
        coalesce(d.sets_status, 'New'), c.last_call, c.created, coalesce(c.last_call, c.created),
        ARRAY[($4::text[])[1 + n % cardinality($4::text[])]],
-       CASE WHEN d.is_final THEN c.last_call END, c.last_call + d.recycle_delay
+       CASE WHEN d.is_final THEN c.last_call END, CASE WHEN d.is_final THEN 'outcome' END,
+       c.last_call + d.recycle_delay
 FROM (
     SELECT n, pg_temp.seed_created(n, $1, $2) AS created,
            CASE WHEN n <= $5 THEN pg_temp.seed_last_call(n, $1, $2) END AS last_call,
@@ -215,7 +216,7 @@ LEFT JOIN dispositions d ON d.name = c.outcome
 # What finish_call() does when a call uses up the total cap: the prospect leaves the queue
 # (as of the call that used it up). The generated history does not know the cap.
 CLOSE_CAPPED = """
-UPDATE prospects p SET final_at = p.last_call
+UPDATE prospects p SET final_at = p.last_call, closed_by = 'attempts'
 FROM (SELECT prospect_id FROM call_logs GROUP BY prospect_id
       HAVING count(*) >= (SELECT max_attempts_total FROM dialing_rules)) c
 WHERE p.id = c.prospect_id AND p.final_at IS NULL

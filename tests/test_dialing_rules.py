@@ -267,6 +267,50 @@ async def test_lowered_caps_are_refused_once_then_the_queue_moves_on(
     assert (held["PROSPECT_CLOSED"], held["RECYCLE_DELAY"], held["ALREADY_IN_CALL"]) == (1, 1, 1)
 
 
+async def test_raising_the_total_cap_reopens_only_what_the_cap_closed(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    await pool.execute(
+        "UPDATE dialing_rules SET max_attempts_total = 2, max_attempts_per_day = 100,"
+        " max_attempts_per_number_24h = 100"
+    )
+    capped = await add_prospect(api, team.manager["token"], nyc_phone(), name="Capped")
+    refused = await add_prospect(api, team.manager["token"], nyc_phone(), name="Refused")
+    for prospect, outcome in ((capped, "Busy"), (capped, "Busy"), (refused, "Not Interested")):
+        call = await start(api, team.agent["token"], prospect["id"])
+        await end(api, team.agent["token"], prospect["id"], call["callLogId"], outcome)
+        await pool.execute("UPDATE call_logs SET started_at = started_at - interval '10 minutes'")
+
+    async def closed() -> dict[str, str | None]:
+        rows = await pool.fetch("SELECT name, closed_by FROM prospects WHERE final_at IS NOT NULL")
+        return {r["name"]: r["closed_by"] for r in rows}
+
+    assert await closed() == {"Capped": "attempts", "Refused": "outcome"}
+    await api.data(
+        "mutation { updateDialingRules(input: {maxAttemptsTotal: 3}) { maxAttemptsTotal } }",
+        token=team.manager["token"],
+    )
+    assert await closed() == {"Refused": "outcome"}
+    await pool.execute(
+        "UPDATE prospects SET recycle_until = NULL, last_call = now() - interval '1 day'"
+    )
+    assert (await next_lead(api, team.agent["token"]))["prospect"]["name"] == "Capped"
+    # Lowering it again closes it at the next refusal; a final outcome outranks the cap.
+    await api.data(
+        "mutation { updateDialingRules(input: {maxAttemptsTotal: 2}) { maxAttemptsTotal } }",
+        token=team.manager["token"],
+    )
+    assert await closed() == {"Refused": "outcome"}
+    lead = await pool.fetchval("SELECT call_log_id FROM active_calls")
+    await end(api, team.agent["token"], capped["id"], str(lead), "Not Interested")
+    assert await closed() == {"Capped": "outcome", "Refused": "outcome"}
+    await api.data(
+        "mutation { updateDialingRules(input: {maxAttemptsTotal: 10}) { maxAttemptsTotal } }",
+        token=team.manager["token"],
+    )
+    assert await closed() == {"Capped": "outcome", "Refused": "outcome"}
+
+
 async def eligibility_checks_in_next_lead(pool: asyncpg.Pool, agent_id: str) -> int:
     """Run next_lead() once, rolled back, and count the call_eligibility() runs it made."""
     async with pool.acquire() as connection:

@@ -19,6 +19,105 @@ ALTER TABLE prospects
         GENERATED ALWAYS AS (CASE WHEN time_zone IS NOT NULL THEN ARRAY[time_zone]
                                   ELSE phone_time_zones END) STORED;
 
+-- Why a prospect left the queue: a final outcome, or its attempts used up. Only the latter
+-- comes back when a manager raises the total cap. Prospects closed before this column
+-- existed are told apart by their latest outcome.
+-- (NULL on an open prospect, and on one closed by hand.)
+ALTER TABLE prospects
+    ADD COLUMN closed_by text
+        CONSTRAINT prospects_closed_by_known CHECK (closed_by IN ('outcome', 'attempts'));
+UPDATE prospects p
+   SET closed_by = CASE WHEN EXISTS (
+           SELECT 1 FROM call_logs_with_archive c JOIN dispositions d ON d.name = c.outcome
+           WHERE c.prospect_id = p.id AND d.is_final) THEN 'outcome' ELSE 'attempts' END
+ WHERE p.final_at IS NOT NULL;
+
+-- Finishing a call records why it closed the prospect (otherwise as in migration 010).
+CREATE OR REPLACE FUNCTION finish_call(
+    p_active active_calls, p_outcome text, p_duration int, p_notes text, p_recording_url text,
+    p_event text, p_callback_at timestamptz DEFAULT NULL)
+RETURNS call_logs
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_call call_logs%ROWTYPE;
+    v_disposition dispositions%ROWTYPE;
+    v_zones text[];
+    v_total bigint;
+    v_today bigint;
+BEGIN
+    SELECT * INTO v_disposition FROM dispositions WHERE name = p_outcome;
+    DELETE FROM active_calls WHERE id = p_active.id;
+    UPDATE call_logs
+       SET ended_at = now(),
+           outcome = p_outcome,
+           duration = coalesce(p_duration, greatest(0, extract(epoch FROM now() - call_logs.started_at)::int)),
+           notes = coalesce(p_notes, call_logs.notes),
+           recording_url = coalesce(p_recording_url, call_logs.recording_url)
+     WHERE id = p_active.call_log_id
+    RETURNING * INTO v_call;
+    -- A final outcome closes the prospect for good, whatever closed it before.
+    UPDATE prospects
+       SET last_call = greatest(last_call, v_call.started_at),
+           status = coalesce(v_disposition.sets_status, status),
+           recycle_until = CASE WHEN v_disposition.recycle_delay IS NULL THEN recycle_until
+                                ELSE now() + v_disposition.recycle_delay END,
+           final_at = CASE WHEN v_disposition.is_final THEN coalesce(final_at, now()) ELSE final_at END,
+           closed_by = CASE WHEN v_disposition.is_final THEN 'outcome' ELSE closed_by END
+     WHERE id = p_active.prospect_id
+    RETURNING prospect_time_zones(time_zone, phone_time_zones) INTO v_zones;
+    -- A prospect that used up its attempts leaves the queue, and one that used up today's
+    -- waits for the callee's next local day: nextLead would only pick and refuse them again.
+    SELECT count(*), count(*) FILTER (WHERE c.started_at >=
+               date_trunc('day', now() AT TIME ZONE v_zones[1]) AT TIME ZONE v_zones[1])
+      INTO v_total, v_today
+      FROM call_logs_with_archive c WHERE c.prospect_id = p_active.prospect_id;
+    UPDATE prospects p
+       SET final_at = CASE WHEN v_total >= r.max_attempts_total THEN coalesce(p.final_at, now())
+                           ELSE p.final_at END,
+           closed_by = CASE WHEN v_total >= r.max_attempts_total
+                            THEN coalesce(p.closed_by, 'attempts') ELSE p.closed_by END,
+           recycle_until = CASE WHEN v_today >= r.max_attempts_per_day
+               THEN greatest(p.recycle_until, (date_trunc('day', now() AT TIME ZONE v_zones[1])
+                                               + interval '1 day') AT TIME ZONE v_zones[1])
+               ELSE p.recycle_until END
+      FROM dialing_rules r
+     WHERE p.id = p_active.prospect_id
+       AND (v_total >= r.max_attempts_total OR v_today >= r.max_attempts_per_day);
+    IF v_disposition.adds_to_do_not_call THEN
+        INSERT INTO do_not_call (phone, source, reason, added_by)
+        VALUES (v_call.phone_number, 'disposition', 'Outcome: ' || p_outcome, acting_user_id())
+        ON CONFLICT (phone) WHERE removed_at IS NULL DO NOTHING;
+    END IF;
+    IF v_disposition.schedules_callback OR p_callback_at IS NOT NULL THEN
+        INSERT INTO callbacks (prospect_id, due_at, agent_id, created_by)
+        SELECT p_active.prospect_id, callable_time(p.time_zone, p.phone_time_zones,
+                                                   coalesce(p_callback_at, now() + interval '1 day')),
+               p_active.caller_id, acting_user_id()
+        FROM prospects p WHERE p.id = p_active.prospect_id;
+    END IF;
+    PERFORM publish_call_event(p_event, p_active, p_outcome);
+    RETURN v_call;
+END
+$$;
+
+-- Raising the total cap returns the prospects it closed that are now under it to the queue,
+-- in the transaction that raises it. (Lowering it needs no work here: nextLead closes each
+-- prospect over the new cap the first time it meets one.)
+CREATE FUNCTION reopen_prospects_under_raised_cap() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE prospects p
+       SET final_at = NULL, closed_by = NULL
+     WHERE p.closed_by = 'attempts' AND p.erased_at IS NULL
+       AND (SELECT count(*) FROM call_logs_with_archive c WHERE c.prospect_id = p.id)
+           < NEW.max_attempts_total;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER dialing_rules_reopen_under_raised_cap AFTER UPDATE OF max_attempts_total ON dialing_rules
+    FOR EACH ROW WHEN (NEW.max_attempts_total > OLD.max_attempts_total)
+    EXECUTE FUNCTION reopen_prospects_under_raised_cap();
+
 DROP INDEX prospects_queue_idx;
 -- The pool in nextLead's order within each set of zones: priority, never called first,
 -- then oldest call, then age.
@@ -216,6 +315,8 @@ BEGIN
             UPDATE prospects p
                SET final_at = CASE WHEN v_refusal.until IS NULL THEN coalesce(p.final_at, now())
                                    ELSE p.final_at END,
+                   closed_by = CASE WHEN v_refusal.until IS NULL THEN coalesce(p.closed_by, 'attempts')
+                                    ELSE p.closed_by END,
                    recycle_until = CASE WHEN v_refusal.until IS NULL THEN p.recycle_until
                                         ELSE greatest(p.recycle_until, v_refusal.until) END
              WHERE p.id = v_candidate;
