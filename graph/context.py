@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -61,9 +61,9 @@ class Context:
     settings: Settings
     token: str | None
     loaders: Loaders
-    hub: Hub | None = None
     # The counts behind "nothing callable", shared by this process's requests.
-    holds: SharedHolds = field(default_factory=lambda: SharedHolds(0))
+    holds: SharedHolds
+    hub: Hub | None = None
     request: Any = None
     response: Any = None
     # Filled by graphql-transport-ws from the connection_init payload.

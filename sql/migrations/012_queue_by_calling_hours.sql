@@ -21,7 +21,7 @@ ALTER TABLE prospects
 
 -- Why a prospect left the queue: a final outcome, or its attempts used up. Only the latter
 -- comes back when a manager raises the total cap. Prospects closed before this column
--- existed are told apart by their latest outcome.
+-- existed are told apart by whether any of their calls had a final outcome.
 -- (NULL on an open prospect, and on one closed by hand.)
 ALTER TABLE prospects
     ADD COLUMN closed_by text
