@@ -80,7 +80,3 @@ WHERE la.prospect_id = ANY($1::uuid[]) AND la.active
 -- name: time_zone_exists
 -- Whether the database knows an IANA time zone. $1 zone name.
 SELECT EXISTS (SELECT 1 FROM time_zones WHERE name = $1);
-
--- name: status_exists
--- Whether a status name is known. $1 status.
-SELECT EXISTS (SELECT 1 FROM prospect_statuses WHERE name = $1);
