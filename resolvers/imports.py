@@ -20,6 +20,7 @@ import heapq
 import io
 import itertools
 import re
+import secrets
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TextIO, TypeVar, cast
 
 import asyncpg
+from asyncpg.pgproto.pgproto import UUID
 from asyncpg.pool import PoolConnectionProxy
 
 from resolvers.auth import Actor
@@ -63,6 +65,7 @@ STAGING_COLUMNS = (
     "time_zone",
     "priority",
     "phone_time_zones",
+    "id",
 )
 
 # The fields a column can feed, and the headers each is found under by default. Headers
@@ -201,6 +204,32 @@ class ImportReport(ImportReportBase):
 # ---------------------------------------------------------------------------------------
 # Reading the CSV.
 
+
+def time_ordered_ids() -> Iterator[UUID]:
+    """Ids for the prospects an import adds: UUIDv7 with a counter (RFC 9562, section 6.2,
+    method 1). Each id holds the millisecond it was made and a 74-bit counter that starts
+    at a random value below 2**73 and goes up by one, so an import's ids sort in the order
+    it made them and the indexes ending in the id take new rows at one end. Made here
+    rather than by uuidv7() in the merge: the server reads its random source once per id
+    (~11 µs a row in a build without OpenSSL); this is ~0.5 µs."""
+    counter = secrets.randbits(73)
+    while True:
+        counter += 1
+        milliseconds = time.time_ns() // 1_000_000
+        yield UUID(
+            (
+                (milliseconds & _MS_MASK) << 80
+                | 0x7 << 76  # version 7
+                | (counter >> 62 & 0xFFF) << 64  # rand_a: the counter's top 12 bits
+                | 0b10 << 62  # the RFC 9562 variant
+                | counter & _RAND_B_MASK  # rand_b: its low 62 bits
+            ).to_bytes(16)
+        )
+
+
+_MS_MASK = (1 << 48) - 1
+_RAND_B_MASK = (1 << 62) - 1
+
 StagedRow = tuple[
     int,
     str | None,
@@ -211,6 +240,7 @@ StagedRow = tuple[
     str | None,
     int | None,
     tuple[str, ...],
+    UUID,
 ]
 # A row staged for COPY, whatever the import.
 R = TypeVar("R")
@@ -415,6 +445,7 @@ class CsvRows(PhoneRows[StagedRow]):
         self._time_zone = self._first_index("time_zone")
         self._priority = self._first_index("priority")
         self._time_zones = {zone.casefold(): zone for zone in time_zones}
+        self._ids = time_ordered_ids()
         # Looked up as written first (the usual case), then loosely.
         self._statuses: dict[str, str] = {}
         for status in statuses:
@@ -486,6 +517,7 @@ class CsvRows(PhoneRows[StagedRow]):
             time_zone,
             priority,
             phone_zones,
+            next(self._ids),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -351,6 +352,32 @@ async def test_chunks_and_connections_count_like_one_merge(pool: asyncpg.Pool) -
     assert (again.inserted, again.updated, again.skipped) == (0, 0, alone.inserted)
     reported = await run_import(2, dry_run=True, batch_rows=250, mode="report")
     assert reported.errors == alone.errors + alone.inserted
+
+
+def test_import_ids_are_uuidv7_in_the_order_they_are_made() -> None:
+    before = datetime.now(UTC)
+    ids = list(itertools.islice(imports.time_ordered_ids(), 5000))
+    after = datetime.now(UTC)
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)  # byte order, as PostgreSQL sorts uuids
+    for made in ids[:: len(ids) // 10]:
+        assert (made.version, made.variant) == (7, "specified in RFC 4122")
+        at = datetime.fromtimestamp(int.from_bytes(made.bytes[:6]) / 1000, UTC)
+        assert before - timedelta(milliseconds=1) <= at <= after
+    # Each import starts its counter at a random place.
+    assert next(imports.time_ordered_ids()).bytes[6:] != ids[0].bytes[6:]
+
+
+async def test_imported_prospects_carry_the_importers_ids(pool: asyncpg.Pool) -> None:
+    text = "name,phone\n" + "".join(f"P{i},+1212555{i:04d}\n" for i in range(300))
+    async with pool.acquire() as connection:
+        options = imports.CsvImportOptions(batch_rows=70)
+        report = await imports.import_csv([connection], io.StringIO(text), options)
+    assert report.inserted == 300
+    rows = await pool.fetch("SELECT id, phone, created_at FROM prospects ORDER BY phone")
+    assert all(row["id"].version == 7 for row in rows)
+    # Made in row order, so they sort in row order, across chunks.
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
 
 
 async def test_nul_bytes_in_a_file_are_row_errors(pool: asyncpg.Pool) -> None:

@@ -81,7 +81,8 @@ LEFT JOIN prospects p ON p.phone = f.phone;
 -- import has seen are skipped. New phones with a name become prospects; when $1 (update
 -- mode), existing prospects take the rows' non-empty cells where they differ (the status
 -- trigger logs real changes only). Rows go in in phone order (as DISTINCT ON leaves them)
--- with time-ordered ids, so the indexes of prospects take them close together.
+-- with the time-ordered ids the importer made, so the indexes of prospects take them close
+-- together.
 WITH firsts AS (
     SELECT DISTINCT ON (s.phone) s.*
     FROM import_staging s
@@ -115,7 +116,7 @@ updated AS (
 inserted AS (
     INSERT INTO prospects (id, name, phone, email, company, status, time_zone, priority,
                            phone_time_zones)
-    SELECT bulk_prospect_id(), f.name, f.phone, f.email, f.company, coalesce(f.status, 'New'),
+    SELECT f.id, f.name, f.phone, f.email, f.company, coalesce(f.status, 'New'),
            f.time_zone, coalesce(f.priority, 0), f.phone_time_zones
     FROM fresh f
     WHERE f.name IS NOT NULL
