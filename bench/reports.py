@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -587,25 +588,21 @@ def parse_options(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Set up, measure, report, and remove the database whatever happens."""
+    """Set up, measure, report, and remove the database whatever happens (SIGTERM and
+    Ctrl-C included)."""
     options = parse_options(argv)
-    postgres = common.TemporaryPostgres("cf-rbench-")
-    try:
-        admin_url = postgres.start()
-        url = asyncio.run(common.create_database(admin_url, DATABASE_NAME))
-        started = time.perf_counter()
-        common.log(f"loading {options.calls:,} call logs ...")
-        steps = asyncio.run(load(url, options))
-        steps["total"] = time.perf_counter() - started
-        common.log(f"loaded in {steps['total']:.0f} s; measuring ...")
-        timings, plans, extra = asyncio.run(measure(url, options))
-        report(options, steps, timings, plans, extra)
-        return 0
-    except KeyboardInterrupt:
-        common.log("interrupted")
-        return 130
-    finally:
-        postgres.remove()
+    return common.run_benchmark("cf-rbench-", DATABASE_NAME, partial(benchmark, options))
+
+
+def benchmark(options: Options, postgres: common.TemporaryPostgres, url: str) -> int:
+    started = time.perf_counter()
+    common.log(f"loading {options.calls:,} call logs ...")
+    steps = common.run(load(url, options))
+    steps["total"] = time.perf_counter() - started
+    common.log(f"loaded in {steps['total']:.0f} s; measuring ...")
+    timings, plans, extra = common.run(measure(url, options))
+    report(options, steps, timings, plans, extra)
+    return 0
 
 
 if __name__ == "__main__":
