@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -309,6 +310,80 @@ async def test_raising_the_total_cap_reopens_only_what_the_cap_closed(
         token=team.manager["token"],
     )
     assert await closed() == {"Capped": "outcome", "Refused": "outcome"}
+
+
+async def test_raising_the_day_cap_frees_what_the_day_cap_set_aside(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    """recycle_until does not say which rule set it, so raising the per-day cap works each
+    waiting prospect out again: freed when only the day cap held it, still waiting for an
+    outcome's recycle delay, and still set aside when the new cap is reached too."""
+    await pool.execute(
+        "UPDATE dialing_rules SET max_attempts_per_day = 2, max_attempts_total = 100,"
+        " max_attempts_per_number_24h = 100;"
+        " UPDATE dispositions SET recycle_delay = NULL WHERE name = 'Busy'"
+    )
+    # A zone where it is not just after midnight, so calls minutes ago were made today.
+    zone = next(
+        z
+        for z in ("America/New_York", "Asia/Tokyo", "Europe/London")
+        if 1 <= datetime.now(ZoneInfo(z)).hour < 23
+    )
+    names = ("Capped", "Delayed", "Full")
+    prospects = {n: await add_prospect(api, team.manager["token"], nyc_phone(), n) for n in names}
+    await pool.execute("UPDATE prospects SET time_zone = $1", zone)
+    for name, outcomes in (
+        ("Capped", ["Busy", "Busy"]),
+        ("Delayed", ["Busy", "No Answer"]),
+        ("Full", ["Busy", "Busy"]),
+    ):
+        for outcome in outcomes:
+            call = await start(api, team.agent["token"], prospects[name]["id"])
+            await end(api, team.agent["token"], prospects[name]["id"], call["callLogId"], outcome)
+            # Past the minimum gap between calls, still today.
+            await pool.execute(
+                "UPDATE call_logs SET started_at = started_at - interval '6 minutes';"
+                " UPDATE prospects SET last_call = last_call - interval '6 minutes'"
+            )
+    # "Full" had a third call today (logged on another path).
+    await pool.execute(
+        "INSERT INTO call_logs (prospect_id, caller_id, phone_number, started_at, ended_at,"
+        " outcome, duration) SELECT id, $2, phone, now() - interval '30 minutes',"
+        " now() - interval '29 minutes', 'Busy', 60 FROM prospects WHERE id = $1",
+        prospects["Full"]["id"],
+        team.agent["id"],
+    )
+    next_day = await pool.fetchval(
+        "SELECT (date_trunc('day', now() AT TIME ZONE $1) + interval '1 day') AT TIME ZONE $1",
+        zone,
+    )
+    delay_ends = await pool.fetchval(
+        "SELECT ended_at + interval '2 hours' FROM call_logs c JOIN prospects p"
+        " ON p.id = c.prospect_id WHERE p.name = 'Delayed' AND c.outcome = 'No Answer'"
+    )
+
+    async def waiting() -> dict[str, datetime | None]:
+        rows = await pool.fetch("SELECT name, recycle_until FROM prospects")
+        return {r["name"]: r["recycle_until"] for r in rows}
+
+    assert await waiting() == {
+        "Capped": next_day,
+        "Delayed": max(next_day, delay_ends),
+        "Full": next_day,
+    }
+    await api.data(
+        "mutation { updateDialingRules(input: {maxAttemptsPerDay: 3}) { maxAttemptsPerDay } }",
+        token=team.manager["token"],
+    )
+    assert await waiting() == {"Capped": None, "Delayed": delay_ends, "Full": next_day}
+    lead = await next_lead(api, team.agents[1]["token"])
+    assert lead["prospect"]["name"] == "Capped"
+    # Lowering it sets nothing aside by itself (nextLead does, at its first refusal).
+    await api.data(
+        "mutation { updateDialingRules(input: {maxAttemptsPerDay: 1}) { maxAttemptsPerDay } }",
+        token=team.manager["token"],
+    )
+    assert (await waiting())["Full"] == next_day
 
 
 async def eligibility_checks_in_next_lead(pool: asyncpg.Pool, agent_id: str) -> int:
