@@ -80,16 +80,21 @@ LEFT JOIN prospects p ON p.phone = f.phone;
 -- Merge a chunk in one statement. The first row of each phone in the file wins: phones the
 -- import has seen are skipped. New phones with a name become prospects; when $1 (update
 -- mode), existing prospects take the rows' non-empty cells where they differ (the status
--- trigger logs real changes only). Rows go in in phone order (as DISTINCT ON leaves them)
--- with the time-ordered ids the importer made, so the indexes of prospects take them close
--- together.
+-- trigger logs real changes only). In update mode each phone is looked up once: a phone
+-- found is updated by id and not offered to the insert, whose conflict check would find
+-- it again (a re-import of an unchanged file did both, ~15 µs a row for nothing). Rows go
+-- in in phone order (as DISTINCT ON leaves them) with the time-ordered ids the importer
+-- made, so the indexes of prospects take them close together.
 WITH firsts AS (
     SELECT DISTINCT ON (s.phone) s.*
     FROM import_staging s
     ORDER BY s.phone, s.row_number
 ),
 fresh AS MATERIALIZED (
-    SELECT f.* FROM firsts f
+    SELECT f.*,
+           CASE WHEN $1::boolean
+                THEN (SELECT p.id FROM prospects p WHERE p.phone = f.phone) END AS existing_id
+    FROM firsts f
     WHERE NOT EXISTS (SELECT 1 FROM import_seen n WHERE n.phone = f.phone)
 ),
 seen AS (
@@ -105,7 +110,7 @@ updated AS (
            priority = coalesce(f.priority, p.priority)
       FROM fresh f
      WHERE $1::boolean
-       AND p.phone = f.phone
+       AND p.id = f.existing_id
        AND (p.name, p.email, p.company, p.status, p.time_zone, p.priority)
            IS DISTINCT FROM
            (coalesce(f.name, p.name), coalesce(f.email, p.email),
@@ -119,7 +124,7 @@ inserted AS (
     SELECT f.id, f.name, f.phone, f.email, f.company, coalesce(f.status, 'New'),
            f.time_zone, coalesce(f.priority, 0), f.phone_time_zones
     FROM fresh f
-    WHERE f.name IS NOT NULL
+    WHERE f.name IS NOT NULL AND f.existing_id IS NULL
     ON CONFLICT ON CONSTRAINT prospects_phone_key DO NOTHING
     RETURNING 1
 )
