@@ -64,7 +64,7 @@ STAGING_COLUMNS = (
     "status",
     "time_zone",
     "priority",
-    "phone_time_zones",
+    "phone_zones",
     "id",
 )
 
@@ -238,7 +238,7 @@ StagedRow = tuple[
     str | None,
     str | None,
     int | None,
-    tuple[str, ...],
+    str,
     UUID,
 ]
 # A row staged for COPY, whatever the import.
@@ -515,7 +515,7 @@ class CsvRows(PhoneRows[StagedRow]):
             status,
             time_zone,
             priority,
-            phone_zones,
+            " ".join(phone_zones),  # split again by the merge (see migration 014)
             next(self._ids),
         )
 

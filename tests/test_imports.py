@@ -380,6 +380,20 @@ async def test_imported_prospects_carry_the_importers_ids(pool: asyncpg.Pool) ->
     assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
 
 
+async def test_imported_prospects_keep_every_zone_of_their_number(pool: asyncpg.Pool) -> None:
+    # One zone, a toll-free number (every North American zone) and a Russian mobile.
+    phones = ["+12125550123", "+18005550199", "+79123456789", "+442079460958"]
+    text = "name,phone\n" + "".join(f"P{i},{phone}\n" for i, phone in enumerate(phones))
+    async with pool.acquire() as connection:
+        report = await imports.import_csv(
+            [connection], io.StringIO(text), imports.CsvImportOptions()
+        )
+    assert report.inserted == len(phones)
+    stored = dict(await pool.fetch("SELECT phone, phone_time_zones FROM prospects"))
+    assert stored == {phone: phone_time_zones(phone) for phone in phones}
+    assert len(stored["+18005550199"]) > 30
+
+
 async def test_nul_bytes_in_a_file_are_row_errors(pool: asyncpg.Pool) -> None:
     text = (
         "name,phone,email,company\n"

@@ -122,7 +122,7 @@ inserted AS (
     INSERT INTO prospects (id, name, phone, email, company, status, time_zone, priority,
                            phone_time_zones)
     SELECT f.id, f.name, f.phone, f.email, f.company, coalesce(f.status, 'New'),
-           f.time_zone, coalesce(f.priority, 0), f.phone_time_zones
+           f.time_zone, coalesce(f.priority, 0), string_to_array(f.phone_zones, ' ')
     FROM fresh f
     WHERE f.name IS NOT NULL AND f.existing_id IS NULL
     ON CONFLICT ON CONSTRAINT prospects_phone_key DO NOTHING
