@@ -354,6 +354,34 @@ async def test_chunks_and_connections_count_like_one_merge(pool: asyncpg.Pool) -
     assert reported.errors == alone.errors + alone.inserted
 
 
+async def test_a_list_imported_again_with_new_rows_adds_only_those(pool: asyncpg.Pool) -> None:
+    """Known phones are skipped (or reported) and left as they were; new ones among them,
+    and a run of new ones after them, go in once, over chunks and connections."""
+    known = [f"+1212555{i:04d}" for i in range(600)]
+    new = [f"+1312555{i:04d}" for i in range(150)]
+
+    async def run_import(phones: list[str], mode: str) -> imports.ImportReport:
+        text = "name,phone,company\n" + "".join(f"P{p},{p},Again\n" for p in phones)
+        held = [await pool.acquire() for _ in range(2)]
+        try:
+            options = imports.CsvImportOptions(mode=mode, batch_rows=100)
+            return await imports.import_csv(held, io.StringIO(text), options)
+        finally:
+            for connection in held:
+                await pool.release(connection)
+
+    assert (await run_import(known, "skip")).inserted == 600
+    before = await snapshot(pool)
+    again = await run_import(known[:400] + new[:50] + known[400:] + new[50:], "skip")
+    assert (again.inserted, again.updated, again.skipped) == (150, 0, 600)
+    assert (again.duplicates_in_file, again.errors) == (0, 0)
+    after = await snapshot(pool)
+    assert len(after["prospects"]) == 750
+    assert [p for p in after["prospects"] if p["phone"] in set(known)] == before["prospects"]
+    reported = await run_import(known[:300] + [f"+1415555{i:04d}" for i in range(10)], "report")
+    assert (reported.inserted, reported.errors) == (10, 300)
+
+
 def test_import_ids_are_uuidv7_in_the_order_they_are_made() -> None:
     before = datetime.now(UTC)
     ids = list(itertools.islice(imports.time_ordered_ids(), 5000))
