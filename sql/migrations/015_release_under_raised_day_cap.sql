@@ -4,43 +4,26 @@
 -- cap, sets recycle_until to the start of the callee's next local day (migration 012).
 -- recycle_until does not say which rule set it: an outcome's recycle delay sets it too,
 -- and so does nextLead meeting the rolling cap per number. So when a manager raises the
--- per-day cap, each prospect set aside is worked out again from what can hold it, under
--- the new rules: the recycle delay of the latest outcome that has one (finish_call sets
--- ended_at + delay), the per-day cap (calls since the callee's local midnight, in the
--- first zone, as call_eligibility counts them), and the rolling cap per number. The
--- prospect waits for the latest of those still ahead, or not at all; never longer than it
--- already did. In the transaction that raises the cap, like the total cap's trigger.
+-- per-day cap, each prospect set aside is worked out again, under the new rules, from
+-- what can hold it: the recycle delay of the latest outcome that has one (finish_call sets
+-- ended_at + delay), and the attempt caps as call_eligibility() applies them (their
+-- "until"; it reads the rules this transaction has just changed). The prospect waits for
+-- the latest of those still ahead, or not at all; never longer than it already did. In
+-- the transaction that raises the cap, like the total cap's trigger (migration 012).
 CREATE FUNCTION release_prospects_under_raised_day_cap() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    WITH waiting AS (
-        SELECT p.id, p.phone, p.recycle_until,
-               (prospect_time_zones(p.time_zone, p.phone_time_zones))[1] AS zone
-        FROM prospects p
-        WHERE p.recycle_until > now() AND p.final_at IS NULL AND p.erased_at IS NULL
-    ),
-    held AS (
-        SELECT w.id, w.recycle_until, greatest(
+    WITH held AS (
+        SELECT p.id, p.recycle_until, greatest(
             (SELECT c.ended_at + d.recycle_delay
                FROM call_logs c JOIN dispositions d ON d.name = c.outcome
-              WHERE c.prospect_id = w.id AND d.recycle_delay IS NOT NULL
+              WHERE c.prospect_id = p.id AND d.recycle_delay IS NOT NULL
               ORDER BY c.ended_at DESC LIMIT 1),
-            (SELECT (date_trunc('day', now() AT TIME ZONE w.zone) + interval '1 day')
-                    AT TIME ZONE w.zone
-               FROM call_logs c
-              WHERE c.prospect_id = w.id
-                AND c.started_at >= date_trunc('day', now() AT TIME ZONE w.zone) AT TIME ZONE w.zone
-                AND c.started_at <= now()
-             HAVING count(*) >= NEW.max_attempts_per_day),
-            (SELECT min(r.started_at) + interval '24 hours'
-               FROM (SELECT c.started_at FROM call_logs c
-                      WHERE c.phone_number = w.phone
-                        AND c.started_at > now() - interval '24 hours' AND c.started_at <= now()
-                      ORDER BY c.started_at DESC
-                      LIMIT NEW.max_attempts_per_number_24h) r
-             HAVING count(*) >= NEW.max_attempts_per_number_24h)
+            (SELECT max(e.until) FROM call_eligibility(p.id, NULL) e
+              WHERE e.code = 'MAX_ATTEMPTS_REACHED' AND e.blocking)
         ) AS until
-        FROM waiting w
+        FROM prospects p
+        WHERE p.recycle_until > now() AND p.final_at IS NULL AND p.erased_at IS NULL
     )
     UPDATE prospects p
        SET recycle_until = CASE WHEN h.until > now() THEN h.until END
