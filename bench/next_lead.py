@@ -28,7 +28,7 @@ Two phases:
 
 Then EXPLAIN (ANALYZE, BUFFERS) of the pool-stage candidate query of next_lead(), of the
 statements inside call_eligibility(), the nested statements of one next_lead() call (via
-auto_explain), the time of queue_holds() (the "nothing callable" answer), and both again with
+auto_explain), the time of held_back() (the "nothing callable" answer), and both again with
 every zone's calling hours closed (at night: nothing is callable anywhere).
 
 Usage: .venv/bin/python bench/next_lead.py [--seconds 15] [--warmup 3]
@@ -408,7 +408,7 @@ SET auto_explain.log_level = 'notice';
 ZONE_ARRAY = re.compile(r"'\{[^}]{300,}\}'::text\[\]")
 # A prospect in the queue with a long history, at the head of the worn queue.
 SOME_CALLED_PROSPECT = """
-SELECT p.id AS prospect, p.phone, (prospect_time_zones(p.time_zone, p.phone_time_zones))[1] AS zone,
+SELECT p.id AS prospect, p.phone, (prospect_time_zones(p.queue_zones))[1] AS zone,
        p.queue_zones
 FROM prospects p
 WHERE p.final_at IS NULL AND p.last_call IS NOT NULL
@@ -435,15 +435,9 @@ ELIGIBILITY_STATEMENTS = (
         r"SELECT c\.started_at, c\.caller_id INTO v_last_time, v_last_caller.*?LIMIT 1",
     ),
     (
-        "attempts in total",
-        "call_eligibility",
-        r"SELECT count\(\*\) INTO v_count FROM \w+ c WHERE c\.prospect_id = p_prospect_id;",
-    ),
-    (
-        "attempts in the callee's local day",
-        "call_eligibility",
-        r"SELECT count\(\*\) INTO v_count FROM \w+ c\s+WHERE c\.prospect_id = p_prospect_id"
-        r"\s+AND c\.started_at >= v_day_start.*?;",
+        "attempts in total and in the callee's local day",
+        "attempt_caps",
+        r"SELECT count\(c\.id\) >= r\.max_attempts_total.*?d\.ends_at(?=\s*$)",
     ),
     (
         "calls to the number in 24 hours",
@@ -457,7 +451,7 @@ SUBSTITUTIONS = (
     (r"\s+INTO\s+[\w, ]+?(?=\s+FROM)", ""),
     (r"\bp_prospect_id\b", "%prospect%"),
     (r"\bv_phone\b", "%phone%"),
-    (r"\bv_day_start\b", "(date_trunc('day', now() AT TIME ZONE %zone%) AT TIME ZONE %zone%)"),
+    (r"\bp_zones\b", "%zones%"),
     (r"\bp_at\b", "now()"),
     (r"\bv_rules\.(\w+)", r"(SELECT \1 FROM dialing_rules)"),
     (r"\bv_zones\b", "%zones%"),
@@ -947,7 +941,7 @@ def asyncpg_desk(pool: asyncpg.Pool, agent_id: UUID, token: str) -> Desk:
         await common.look_up_session(pool, token_hash)
         call = await pool.fetchrow(QUERIES["next_lead"], agent_id)
         if call is None:
-            await pool.fetch(QUERIES["queue_holds"], agent_id)
+            await pool.fetch(QUERIES["held_back"], agent_id)
             return None
         if await pool.fetchrow(QUERIES["prospect_by_id"], call["prospect_id"]) is None:
             raise RuntimeError("prospect_by_id found no prospect")
@@ -1216,7 +1210,7 @@ async def collect_plans(url: str, seeded: Seeded) -> Plans:
         plans.nested = nested_statements(notices)
 
         began = time.perf_counter()
-        await connection.fetch(QUERIES["queue_holds"], agent)
+        await connection.fetch(QUERIES["held_back"], agent)
         plans.queue_holds_ms = (time.perf_counter() - began) * 1000
         # At night: every zone closed, so nextLead finds nothing and counts why.
         transaction = connection.transaction()
@@ -1227,11 +1221,11 @@ async def collect_plans(url: str, seeded: Seeded) -> Plans:
             assert await connection.fetch("SELECT * FROM next_lead($1)", agent) == []
             plans.closed_next_lead_ms = (time.perf_counter() - began) * 1000
             began = time.perf_counter()
-            await connection.fetch(QUERIES["queue_holds"], agent)
+            await connection.fetch(QUERIES["held_back"], agent)
             plans.closed_queue_holds_ms = (time.perf_counter() - began) * 1000
         finally:
             await transaction.rollback()
-        plans.queue_holds_plan = await explain(connection, QUERIES["queue_holds"], agent)
+        plans.queue_holds_plan = await explain(connection, QUERIES["held_back"], agent)
         plans.indexes_used["queue_holds"] = scans(plans.queue_holds_plan)
     finally:
         await connection.close()
@@ -1350,10 +1344,10 @@ def summary(results: list[Result], plans: Plans) -> str:
             f"one next_lead() {probe.when}: {probe.milliseconds:.0f} ms, "
             f"{probe.checks} call_eligibility() runs"
         )
-    lines.append(f"nothing callable: queue_holds() takes {plans.queue_holds_ms:.0f} ms")
+    lines.append(f"nothing callable: held_back() takes {plans.queue_holds_ms:.0f} ms")
     lines.append(
         f"every zone closed: next_lead() finds nothing in {plans.closed_next_lead_ms:.0f} ms, "
-        f"queue_holds() counts why in {plans.closed_queue_holds_ms:.0f} ms"
+        f"held_back() counts why in {plans.closed_queue_holds_ms:.0f} ms"
     )
     return "\n".join(lines)
 
@@ -1513,7 +1507,7 @@ def report(
         print("  " + line)
     print()
     print(
-        f"queue_holds(<agent>) (run by nextLead when nothing is callable): "
+        f"held_back(<agent>) (run by nextLead when nothing is callable): "
         f"{plans.queue_holds_ms:.0f} ms; plan:"
     )
     print(indent(ZONE_ARRAY.sub("'{...}'::text[]", plans.queue_holds_plan)))

@@ -38,7 +38,7 @@ class NextLead:
 
 @dataclass(frozen=True)
 class SharedCounts:
-    """queue_holds_shared() as read at one moment (time.monotonic())."""
+    """held_back_shared() as read at one moment (time.monotonic())."""
 
     counts: dict[str, int]
     read_at: float
@@ -75,7 +75,7 @@ class SharedHolds:
 
     async def _read(self, pool: asyncpg.Pool) -> SharedCounts:
         started = monotonic()
-        rows = await pool.fetch(QUERIES["queue_holds_shared"])
+        rows = await pool.fetch(QUERIES["held_back_shared"])
         self._last = SharedCounts({r["code"]: r["prospects"] for r in rows}, started)
         return self._last
 
@@ -87,9 +87,7 @@ async def next_lead(pool: asyncpg.Pool, actor: Actor, holds: SharedHolds) -> Nex
     if call is not None:
         return NextLead(call=call, held_back=[])
     shared = await holds.get(pool)
-    own = {
-        r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["queue_holds_own"], actor.id)
-    }
+    own = {r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["held_back_own"], actor.id)}
     held = [HeldBack(code, count - own.get(code, 0)) for code, count in shared.counts.items()]
     held.sort(key=lambda h: (-h.prospects, h.code))
     return NextLead(call=None, held_back=held)

@@ -657,7 +657,7 @@ async def test_held_back_counts_are_per_agent(api: Api, team: Team, pool: asyncp
     assert mine["DO_NOT_CALL"] == theirs["DO_NOT_CALL"] == 5
     # The same counts from the database's own composition, read now.
     for agent, counts in ((me, mine), (other, theirs)):
-        rows = await pool.fetch("SELECT code, prospects FROM queue_holds($1)", agent["id"])
+        rows = await pool.fetch("SELECT code, prospects FROM held_back($1)", agent["id"])
         assert {r["code"]: r["prospects"] for r in rows} == counts
 
 

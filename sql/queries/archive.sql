@@ -8,10 +8,8 @@ SELECT now() - make_interval(secs => $1);
 -- What archiving with cutoff $1 would move, and the old calls it must leave in place
 -- (not ended, or still on the active-call board).
 SELECT
-    (SELECT count(*) FROM call_logs c
-     WHERE c.started_at < least($1::timestamptz, now() - min_call_interval())
-       AND c.ended_at IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM active_calls a WHERE a.call_log_id = c.id)) AS call_logs,
+    (SELECT count(*) FROM archivable_call_logs c
+     WHERE c.started_at < $1::timestamptz) AS call_logs,
     (SELECT count(*) FROM call_logs c
      WHERE c.started_at < $1::timestamptz
        AND (c.ended_at IS NULL

@@ -1,10 +1,17 @@
 -- Calls: checks, starts, ends, histories and the active-call board.
 
 -- name: call_eligibility
--- Every call rule for this caller and prospect, in order, at $3 (now when NULL).
--- $1 prospect id, $2 caller id, $3 instant to judge at.
-SELECT rule_order, code, blocking, queue_only, until, reason, last_call_time, last_caller_id
+-- Every call rule for this caller and prospect, in order, at $3 (now when NULL), and
+-- whether it refuses a call and nextLead. $1 prospect id, $2 caller id, $3 instant.
+SELECT rule_order, code, blocking, queue_only, until, reason, last_call_time, last_caller_id,
+       rule_refuses(blocking, queue_only, false) AS refuses_call,
+       rule_refuses(blocking, queue_only, true) AS refuses_next_lead
 FROM call_eligibility($1, $2, NULL, coalesce($3::timestamptz, now()));
+
+-- name: call_refusal
+-- The first rule refusing this caller a call to this prospect now (code NULL when none)
+-- and the prospect's last call. $1 prospect id, $2 caller id.
+SELECT code, reason, until, last_call_time, last_caller_id FROM call_refusal($1, $2);
 
 -- name: can_call_prospect
 -- The seed's JSON answer. $1 prospect id, $2 caller id.

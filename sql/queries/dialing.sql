@@ -5,17 +5,17 @@
 SELECT prospect_id, active_call_id, call_log_id, started_at, phone_number, active_call
 FROM next_lead($1);
 
--- name: queue_holds
--- How many open prospects each rule holds back right now. $1 agent.
-SELECT code, prospects FROM queue_holds($1) ORDER BY prospects DESC, code;
+-- name: held_back
+-- How many prospects in the queue each rule holds back right now. $1 agent.
+SELECT code, prospects FROM held_back($1) ORDER BY prospects DESC, code;
 
--- name: queue_holds_shared
--- The part of queue_holds() that is the same for every agent (reads every prospect).
-SELECT code, prospects FROM queue_holds_shared();
+-- name: held_back_shared
+-- The part of held_back() that is the same for every agent (reads every prospect).
+SELECT code, prospects FROM held_back_shared();
 
--- name: queue_holds_own
--- What to take off queue_holds_shared() for one agent. $1 agent.
-SELECT code, prospects FROM queue_holds_own($1);
+-- name: held_back_own
+-- What to take off held_back_shared() for one agent. $1 agent.
+SELECT code, prospects FROM held_back_own($1);
 
 -- name: add_do_not_call
 -- List a number; an already listed number keeps its entry. $1 phone, $2 scope, $3 source,
@@ -74,7 +74,7 @@ RETURNING max_attempts_total, max_attempts_per_day, max_attempts_per_number_24h,
 -- name: calling_window_for_prospect
 -- Whether calling is open for the prospect at $2, and when it next opens. $1 prospect.
 SELECT w.is_open, w.next_open
-FROM prospects p, calling_window(prospect_time_zones(p.time_zone, p.phone_time_zones), $2) w
+FROM prospects p, calling_window(prospect_time_zones(p.queue_zones), $2) w
 WHERE p.id = $1;
 
 -- name: insert_callback

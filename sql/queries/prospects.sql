@@ -3,13 +3,13 @@
 -- name: prospect_by_id
 -- One prospect or no row. $1 prospect id.
 SELECT id, name, phone, email, company, status, last_call, created_at, updated_at,
-       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones
+       time_zone, priority, prospect_time_zones(queue_zones) AS time_zones
 FROM prospects WHERE id = $1;
 
 -- name: prospects_by_ids
 -- Prospects by id, for the DataLoader. $1 uuid[].
 SELECT id, name, phone, email, company, status, last_call, created_at, updated_at,
-       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones
+       time_zone, priority, prospect_time_zones(queue_zones) AS time_zones
 FROM prospects WHERE id = ANY($1::uuid[]);
 
 -- name: prospects_page
@@ -18,7 +18,7 @@ FROM prospects WHERE id = ANY($1::uuid[]);
 -- $4 cursor created_at or NULL, $5 cursor id or NULL, $6 page size + 1,
 -- $7 phone digits to match or NULL.
 SELECT p.id, p.name, p.phone, p.email, p.company, p.status, p.last_call, p.created_at, p.updated_at,
-       p.time_zone, p.priority, prospect_time_zones(p.time_zone, p.phone_time_zones) AS time_zones
+       p.time_zone, p.priority, prospect_time_zones(p.queue_zones) AS time_zones
 FROM prospects p
 WHERE ($1::text IS NULL OR p.status = $1)
   AND ($2::text IS NULL
@@ -28,8 +28,7 @@ WHERE ($1::text IS NULL OR p.status = $1)
        OR ($7::text IS NOT NULL AND p.phone LIKE '%' || $7 || '%'))
   AND ($3::uuid IS NULL OR EXISTS (
         SELECT 1 FROM lead_assignments la
-        WHERE la.prospect_id = p.id AND la.agent_id = $3 AND la.active
-          AND (la.expires_at IS NULL OR la.expires_at > now())))
+        WHERE la.prospect_id = p.id AND la.agent_id = $3 AND assignment_is_live(la, now())))
   AND ($4::timestamptz IS NULL OR (p.created_at, p.id) < ($4, $5::uuid))
 ORDER BY p.created_at DESC, p.id DESC
 LIMIT $6;
@@ -40,7 +39,7 @@ LIMIT $6;
 INSERT INTO prospects (name, phone, email, company, status, time_zone, phone_time_zones, priority)
 VALUES ($1, $2, $3, $4, coalesce($5, 'New'), $6, $7, coalesce($8, 0))
 RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at,
-       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones;
+       time_zone, priority, prospect_time_zones(queue_zones) AS time_zones;
 
 -- name: update_prospect
 -- Change the given fields (NULL keeps a field; $7 lists the fields to clear). $1 id,
@@ -57,7 +56,7 @@ UPDATE prospects SET
     priority = coalesce($10, priority)
 WHERE id = $1
 RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at,
-       time_zone, priority, prospect_time_zones(time_zone, phone_time_zones) AS time_zones;
+       time_zone, priority, prospect_time_zones(queue_zones) AS time_zones;
 
 -- name: status_history_for_prospects
 -- The newest status changes of each prospect, newest first. $1 uuid[], $2 per-prospect limit.
@@ -74,8 +73,7 @@ CROSS JOIN LATERAL (
 -- The live (active, unexpired) assignment of each prospect. $1 uuid[].
 SELECT la.id, la.prospect_id, la.agent_id, la.assigned_by, la.assigned_at, la.expires_at, la.active
 FROM lead_assignments la
-WHERE la.prospect_id = ANY($1::uuid[]) AND la.active
-  AND (la.expires_at IS NULL OR la.expires_at > now());
+WHERE la.prospect_id = ANY($1::uuid[]) AND assignment_is_live(la, now());
 
 -- name: time_zone_exists
 -- Whether the database knows an IANA time zone. $1 zone name.

@@ -1,0 +1,225 @@
+-- The queue nextLead hands out: the prospects ready to call, the best one for an agent,
+-- and, when none is, how many each rule holds back.
+
+-- Prospects in the queue that nothing about the prospect itself holds back now: not
+-- recycling, not called too recently, not in a call.
+CREATE OR REPLACE VIEW queue_ready AS
+SELECT p.*
+FROM prospects p
+WHERE in_queue(p)
+  AND NOT recycling(p, now())
+  AND NOT called_recently(p.last_call, now())
+  AND NOT EXISTS (SELECT 1 FROM active_calls a WHERE a.prospect_id = p.id);
+
+-- The pool: ready prospects nobody has a claim on (no live assignment, no callback) and
+-- whose number is not listed. nextLead reads it under the queue index; every rule runs
+-- on the candidate it picks.
+CREATE OR REPLACE VIEW queue_pool AS
+SELECT q.*
+FROM queue_ready q
+WHERE NOT EXISTS (SELECT 1 FROM lead_assignments la
+                  WHERE la.prospect_id = q.id AND assignment_is_live(la, now()))
+  AND NOT EXISTS (SELECT 1 FROM callbacks cb WHERE cb.prospect_id = q.id AND cb.taken_at IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM do_not_call d
+                  WHERE d.phone = q.phone AND do_not_call_in_force(d, now()));
+
+-- The sets of zones of the prospects in the queue whose calling hours are open at p_at in
+-- every zone of the set. The distinct sets are found by skipping through the queue index
+-- (one probe per set, whatever the number of prospects).
+CREATE OR REPLACE FUNCTION open_queue_zones(p_at timestamptz) RETURNS TABLE (zones text[])
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE sets AS (
+        (SELECT p.queue_zones AS zones FROM prospects p
+         WHERE in_queue(p)
+         ORDER BY p.queue_zones LIMIT 1)
+        UNION ALL
+        SELECT (SELECT p.queue_zones FROM prospects p
+                WHERE p.queue_zones > s.zones AND in_queue(p)
+                ORDER BY p.queue_zones LIMIT 1)
+        FROM sets s
+        WHERE s.zones IS NOT NULL
+    )
+    SELECT s.zones
+    FROM sets s
+    WHERE s.zones IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM unnest(prospect_time_zones(s.zones)) z
+                      WHERE NOT calling_hours_open(z, p_at))
+$$;
+
+-- Hand the agent the best callable prospect and start the call, in one transaction: due
+-- callbacks (their own first), then their assignments, then the pool by priority and age.
+-- Candidates are taken one at a time with SKIP LOCKED: concurrent agents never wait on
+-- each other and never receive the same prospect, and no agent holds locks on rows ahead
+-- of the one it takes. Every rule runs on each candidate; returns no row when nothing is
+-- callable now.
+CREATE OR REPLACE FUNCTION next_lead(p_agent_id uuid,
+    OUT prospect_id uuid, OUT active_call_id uuid, OUT call_log_id uuid, OUT started_at timestamptz,
+    OUT phone_number text, OUT active_call jsonb)
+RETURNS SETOF record
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_grace interval := (SELECT callback_grace FROM dialing_rules);
+    v_candidate uuid;
+    v_refusal record;
+    v_zones text[];
+    v_seen uuid[] := '{}';
+    v_stage int := 1;
+BEGIN
+    PERFORM act_as(p_agent_id);
+    WHILE v_stage <= 3 LOOP
+        v_candidate := NULL;
+        IF v_stage = 1 THEN
+            -- Due callbacks: the agent's own first, then anyone's or others' past their grace
+            -- (not on a prospect that has left the queue since).
+            SELECT p.id INTO v_candidate FROM callbacks cb JOIN prospects p ON p.id = cb.prospect_id
+            WHERE cb.taken_at IS NULL AND cb.due_at <= now() AND p.id <> ALL (v_seen)
+              AND in_queue(p) AND NOT callback_reserves(cb, p_agent_id, now(), v_grace)
+            ORDER BY (cb.agent_id IS NOT DISTINCT FROM p_agent_id) DESC, cb.due_at, p.id
+            LIMIT 1
+            FOR UPDATE OF p SKIP LOCKED;
+        ELSIF v_stage = 2 THEN
+            -- The agent's own live assignments.
+            SELECT q.id INTO v_candidate FROM lead_assignments la JOIN queue_ready q ON q.id = la.prospect_id
+            WHERE la.agent_id = p_agent_id AND assignment_is_live(la, now()) AND q.id <> ALL (v_seen)
+            ORDER BY q.priority DESC, q.last_call ASC NULLS FIRST, q.created_at, q.id
+            LIMIT 1
+            FOR UPDATE OF q SKIP LOCKED;
+        ELSE
+            -- The pool: the open sets of zones, best head first (read without locks), and
+            -- in each the best row no other agent holds, locked as in the other stages.
+            -- Only the row taken is locked, so no agent hides callable prospects from the
+            -- others; while agents take rows, the order between sets is approximate.
+            FOR v_zones IN
+                SELECT k.zones
+                FROM open_queue_zones(now()) k
+                CROSS JOIN LATERAL (
+                    SELECT q.priority, q.last_call, q.created_at, q.id FROM queue_pool q
+                    WHERE q.queue_zones = k.zones AND q.id <> ALL (v_seen)
+                    ORDER BY q.priority DESC, q.last_call ASC NULLS FIRST, q.created_at, q.id
+                    LIMIT 1
+                ) h
+                ORDER BY h.priority DESC, h.last_call ASC NULLS FIRST, h.created_at, h.id
+            LOOP
+                SELECT q.id INTO v_candidate FROM queue_pool q
+                WHERE q.queue_zones = v_zones AND q.id <> ALL (v_seen)
+                ORDER BY q.priority DESC, q.last_call ASC NULLS FIRST, q.created_at, q.id
+                LIMIT 1
+                FOR UPDATE OF q SKIP LOCKED;
+                EXIT WHEN v_candidate IS NOT NULL;
+            END LOOP;
+        END IF;
+
+        IF v_candidate IS NULL THEN
+            v_stage := v_stage + 1;
+            CONTINUE;
+        END IF;
+        SELECT * INTO v_refusal FROM call_refusal(v_candidate, p_agent_id, NULL, true);
+        IF v_refusal.code IS NULL THEN
+            -- Checked just now under this transaction's lock: record it without a second check.
+            prospect_id := v_candidate;
+            phone_number := (SELECT p.phone FROM prospects p WHERE p.id = v_candidate);
+            SELECT * INTO active_call_id, call_log_id, started_at, active_call
+            FROM record_call_start(v_candidate, p_agent_id, phone_number, NULL);
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        v_seen := v_seen || v_candidate;
+        -- A cap the queue's filters cannot see (a manager lowered it, or calls were logged
+        -- on another path): close the prospect at the total cap, or set it aside until the
+        -- cap lifts, as ending the call that reaches a cap does. It is refused once, not
+        -- on every nextLead while it stays at the head of the queue.
+        IF v_refusal.code = 'MAX_ATTEMPTS_REACHED' THEN
+            PERFORM hold_at_attempt_cap(v_candidate, v_refusal.until IS NULL, v_refusal.until);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Why nothing is callable: how many prospects in the queue each rule holds back right
+-- now (a prospect held by several rules counts under each), in two parts.
+-- held_back_shared() holds for every agent alike and reads every prospect, once, with no
+-- subquery per row: the sets that hold prospects back (calls in progress, listed numbers,
+-- assignments, reserved callbacks) are hashed once, and calling hours are decided once per
+-- set of zones. It counts all live assignments and every callback reserved for anyone;
+-- the server may share it between agents for a few seconds. held_back_own() is what to
+-- take off that for one agent (their own assignments, their own due callbacks), from the
+-- small tables only.
+CREATE OR REPLACE FUNCTION held_back_shared() RETURNS TABLE (code text, prospects bigint)
+LANGUAGE sql STABLE AS $$
+    WITH rules AS MATERIALIZED (SELECT callback_grace FROM dialing_rules),
+    live AS (
+        SELECT p.*, in_queue(p) AS live, recycling(p, now()) AS recycling FROM prospects p
+    ), flags AS (
+        SELECT p.final_at IS NOT NULL AS closed,
+               p.live,
+               CASE WHEN p.live THEN p.queue_zones END AS zones,
+               p.live AND p.id IN (SELECT prospect_id FROM active_calls) AS in_call,
+               p.live AND p.phone IN (
+                   SELECT d.phone FROM do_not_call d WHERE do_not_call_in_force(d, now())) AS dnc,
+               p.live AND called_recently(p.last_call, now()) AS recent,
+               p.live AND p.recycling AS recycling,
+               p.live AND p.id IN (
+                   SELECT la.prospect_id FROM lead_assignments la
+                   WHERE assignment_is_live(la, now())) AS assigned,
+               p.live AND p.id IN (
+                   SELECT cb.prospect_id FROM callbacks cb
+                   WHERE cb.taken_at IS NULL
+                     AND (cb.due_at > now() OR callback_reserves(
+                              cb, NULL, now(), (SELECT callback_grace FROM rules)))) AS callback
+        FROM live p
+    ), by_zones AS (
+        SELECT zones,
+               count(*) FILTER (WHERE live) AS open,
+               count(*) FILTER (WHERE closed) AS closed,
+               count(*) FILTER (WHERE in_call) AS in_call,
+               count(*) FILTER (WHERE dnc) AS dnc,
+               count(*) FILTER (WHERE recent) AS recent,
+               count(*) FILTER (WHERE recycling) AS recycling,
+               count(*) FILTER (WHERE assigned) AS assigned,
+               count(*) FILTER (WHERE callback) AS callback
+        FROM flags
+        GROUP BY zones
+    ), totals AS (
+        SELECT sum(b.in_call) AS in_call, sum(b.dnc) AS dnc, sum(b.recent) AS recent,
+               sum(b.open) FILTER (WHERE EXISTS (
+                   SELECT 1 FROM unnest(prospect_time_zones(b.zones)) z
+                   WHERE NOT calling_hours_open(z, now()))) AS hours,
+               sum(b.recycling) AS recycling, sum(b.assigned) AS assigned,
+               sum(b.callback) AS callback, sum(b.closed) AS closed
+        FROM by_zones b
+    )
+    SELECT v.code, coalesce(v.prospects, 0)::bigint
+    FROM totals t, LATERAL (VALUES
+        ('ALREADY_IN_CALL', t.in_call), ('DO_NOT_CALL', t.dnc), ('RECENTLY_CALLED', t.recent),
+        ('OUTSIDE_CALLING_HOURS', t.hours), ('RECYCLE_DELAY', t.recycling),
+        ('ASSIGNED_TO_OTHER_AGENT', t.assigned), ('CALLBACK_PENDING', t.callback),
+        ('PROSPECT_CLOSED', t.closed)) AS v(code, prospects)
+$$;
+
+-- What held_back_shared() counts that does not hold this agent back: prospects in the
+-- queue assigned to them, and those whose only reserved callbacks are theirs and due.
+CREATE OR REPLACE FUNCTION held_back_own(p_agent_id uuid) RETURNS TABLE (code text, prospects bigint)
+LANGUAGE sql STABLE AS $$
+    WITH rules AS MATERIALIZED (SELECT callback_grace FROM dialing_rules)
+    SELECT 'ASSIGNED_TO_OTHER_AGENT', count(*)
+    FROM lead_assignments la JOIN prospects p ON p.id = la.prospect_id
+    WHERE la.agent_id = p_agent_id AND assignment_is_live(la, now()) AND in_queue(p)
+    UNION ALL
+    SELECT 'CALLBACK_PENDING', count(DISTINCT cb.prospect_id)
+    FROM callbacks cb JOIN prospects p ON p.id = cb.prospect_id
+    WHERE cb.agent_id = p_agent_id AND cb.due_at <= now()
+      AND callback_reserves(cb, NULL, now(), (SELECT callback_grace FROM rules))
+      AND in_queue(p)
+      AND NOT EXISTS (
+          SELECT 1 FROM callbacks o
+          WHERE o.prospect_id = cb.prospect_id AND o.taken_at IS NULL
+            AND (o.due_at > now()
+                 OR callback_reserves(o, p_agent_id, now(), (SELECT callback_grace FROM rules))))
+$$;
+
+-- Both parts together, read now: what nextLead answers an agent when nothing is callable.
+CREATE OR REPLACE FUNCTION held_back(p_agent_id uuid) RETURNS TABLE (code text, prospects bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT s.code, s.prospects - coalesce(o.prospects, 0)
+    FROM held_back_shared() s LEFT JOIN held_back_own(p_agent_id) o USING (code)
+$$;
