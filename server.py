@@ -32,6 +32,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 
 import rest
+import terminal
 from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.schema import create_schema
@@ -229,18 +230,11 @@ async def _with_pool(settings: Settings, url: str) -> asyncpg.Pool:
     )
 
 
-def print_logins(logins: list[tuple[str, str, str]]) -> None:
-    """Show the demo logins on the terminal."""
-    print(f"Demo logins (password for all: {logins[0][1]}):")
-    for email, _, role in logins:
-        print(f"  {role:8} {email}")
-
-
 async def seed_demo_data(settings: Settings, url: str) -> None:
     """Load the demo data and print the logins."""
     pool = await _with_pool(settings, url)
     try:
-        print_logins(await demo.seed_demo(pool, settings.bcrypt_rounds))
+        terminal.print_logins(await demo.seed_demo(pool, settings.bcrypt_rounds))
     finally:
         await pool.close()
 
@@ -250,7 +244,7 @@ async def seed_if_empty(settings: Settings, url: str) -> None:
     pool = await _with_pool(settings, url)
     try:
         if await demo.is_empty(pool):
-            print_logins(await demo.seed_demo(pool, settings.bcrypt_rounds))
+            terminal.print_logins(await demo.seed_demo(pool, settings.bcrypt_rounds))
     finally:
         await pool.close()
 
@@ -414,7 +408,7 @@ def run_file_import(
                 writer.writerow(["row", "field", "reason"])
                 on_error = lambda e: writer.writerow([e.row, e.field or "", e.reason])  # noqa: E731
             # The file's offset, read without disturbing the reader: a little ahead of it.
-            bar = imports.ProgressBar(
+            bar = terminal.ProgressBar(
                 path.stat().st_size, lambda: os.lseek(source.fileno(), 0, os.SEEK_CUR)
             )
 
@@ -433,7 +427,7 @@ def run_file_import(
             file=sys.stderr,
         )
         return 2
-    imports.describe_import_report(report, print)
+    terminal.describe_import_report(report, print)
     return 1 if report.errors else 0
 
 
@@ -538,7 +532,7 @@ def command_import_mock(settings: Settings, args: argparse.Namespace) -> int:
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
-    mock_store.describe_mock_report(report, print)
+    terminal.describe_mock_report(report, print)
     return 1 if report.errors else 0
 
 
@@ -557,13 +551,13 @@ def command_archive(settings: Settings, args: argparse.Namespace) -> int:
         pool = await _with_pool(settings, db.url)
         try:
             cutoff = await archive.archive_cutoff(pool, older_than)
-            archive.describe_plan(await archive.plan_archive(pool, cutoff), older_than, print)
+            terminal.describe_plan(await archive.plan_archive(pool, cutoff), older_than, print)
             if args.dry_run:
                 print("dry run: nothing was written")
                 return
-            progress = archive.progress_printer(lambda line: print(line, flush=True))
+            progress = terminal.progress_printer(lambda line: print(line, flush=True))
             result = await archive.archive(pool, cutoff, args.batch_size, on_batch=progress)
-            archive.describe_result(result, print)
+            terminal.describe_result(result, print)
         finally:
             await pool.close()
 

@@ -21,7 +21,6 @@ import io
 import itertools
 import re
 import secrets
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import (
@@ -34,7 +33,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TextIO, TypeVar, cast
+from typing import ClassVar, Generic, TypeVar, cast
 
 import asyncpg
 from asyncpg.pgproto.pgproto import UUID
@@ -776,67 +775,3 @@ async def import_prospects_text(
     # One connection: a request leaves the rest of the pool to the floor.
     async with pool.acquire() as connection:
         return await import_csv([connection], io.StringIO(text, newline=""), options, actor=actor)
-
-
-# ---------------------------------------------------------------------------------------
-# The command line's progress bar.
-
-
-class ProgressBar:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
-
-    def __init__(self, total_bytes: int, position: Callable[[], int], stream: TextIO | None = None):
-        self.total = max(total_bytes, 1)
-        self.position = position
-        self.stream = stream or sys.stderr
-        self.terminal = self.stream.isatty()
-        self.started = time.monotonic()
-        self.last_tenth = -1
-        self.last_draw = 0.0
-
-    def update(self, rows: int) -> None:
-        """Show progress after a batch of rows."""
-        fraction = min(self.position() / self.total, 1.0)
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        text = f"{fraction:6.1%}  {rows:,} rows  {rows / elapsed:,.0f} rows/s"
-        if self.terminal:
-            if time.monotonic() - self.last_draw < 0.1 and fraction < 1.0:
-                return
-            self.last_draw = time.monotonic()
-            filled = int(fraction * 30)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {text}")
-        elif int(fraction * 10) > self.last_tenth:
-            self.last_tenth = int(fraction * 10)
-            self.stream.write(f"read {text}\n")
-        self.stream.flush()
-
-    def finish(self, message: str) -> None:
-        """End the bar with a message (e.g. while the merge runs)."""
-        if self.terminal:
-            self.stream.write("\n")
-        self.stream.write(message + "\n")
-        self.stream.flush()
-
-
-def describe_import_report(
-    report: ImportReportBase, write: Callable[[str], None], errors_shown: int = 20
-) -> None:
-    """The report as an operator reads it, with the first errors_shown row errors."""
-    rate = report.rows / report.seconds if report.seconds else 0.0
-    heading = f", {report.heading()}" if report.heading() else ""
-    write(f"rows: {report.rows:,} in {report.seconds:.1f} s ({rate:,.0f} rows/s){heading}")
-    for name in report.COUNTS:
-        write(f"  {name.replace('_', ' ') + ':':20} {getattr(report, name):>10,}")
-    if report.columns:
-        columns = "; ".join(
-            f"{name} <- {', '.join(headers)}" for name, headers in report.columns.items()
-        )
-        write(f"columns: {columns}")
-    if report.ignored_columns:
-        write(f"ignored columns: {', '.join(report.ignored_columns)}")
-    for error in report.listed_errors[:errors_shown]:
-        write(f"row {error.row}: {error.reason}")
-    if report.errors > errors_shown:
-        write(f"... and {report.errors - errors_shown:,} more row errors (see --errors-file)")
-    if report.dry_run:
-        write("dry run: nothing was written; the counts say what an import would do")

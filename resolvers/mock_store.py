@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -808,31 +807,3 @@ async def import_mock_store(
         await transaction.commit()
     plan.report.errors.sort(key=_position_key)
     return plan.report
-
-
-ReportLine = Callable[[str], None]
-
-
-def describe_mock_report(report: MockReport, write: ReportLine) -> None:
-    """The report as an operator reads it."""
-    write(
-        f"users: {report.users_created} created, {report.users_existing} already here, "
-        f"{report.users_merged} merged (same email)"
-    )
-    write(
-        f"prospects: {report.prospects_created} created, {report.prospects_existing} already "
-        f"here ({report.prospects_filled} filled in), {report.prospects_merged} merged "
-        f"(same phone), {report.prospects_rejected} rejected"
-    )
-    write(
-        f"calls: {report.calls_created} created, {report.calls_existing} already here, "
-        f"{report.calls_duplicate} duplicates, {report.calls_rejected} rejected"
-    )
-    for merge in report.merges:
-        write(f"merged: {merge}")
-    for warning in report.warnings:
-        write(f"warning: {warning.position}: {warning.reason}")
-    for error in report.errors:
-        write(f"error: {error.position}: {error.reason}")
-    if report.dry_run:
-        write("dry run: nothing was written; the counts say what an import would do")
