@@ -22,7 +22,15 @@ import asyncpg
 
 import terminal
 from graph.schema import create_schema
-from resolvers import archive, demo, do_not_call_imports, imports, mock_store, users
+from resolvers import (
+    archive,
+    demo,
+    do_not_call_imports,
+    import_files,
+    mock_store,
+    prospect_imports,
+    users,
+)
 from resolvers.errors import DomainError
 from server import create_app
 from settings import Settings
@@ -212,8 +220,8 @@ def command_export_schema(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-ReportT = TypeVar("ReportT", bound=imports.ImportReportBase)
-RowErrorSink = Callable[[imports.RowError], object] | None
+ReportT = TypeVar("ReportT", bound=import_files.ImportReportBase)
+RowErrorSink = Callable[[import_files.RowError], object] | None
 Progress = Callable[[int, bool], None]
 # An import of an open file into the database at a URL.
 FileImport = Callable[[str, TextIO, RowErrorSink, Progress], Coroutine[Any, Any, ReportT]]
@@ -268,7 +276,7 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
     if len(columns) != len(args.map):
         print("error: --map takes FIELD=HEADER, e.g. --map phone='Cell Phone'", file=sys.stderr)
         return 2
-    options = imports.CsvImportOptions(
+    options = prospect_imports.CsvImportOptions(
         mode=args.mode,
         dry_run=args.dry_run,
         region=settings.default_phone_region,
@@ -278,7 +286,7 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run(
         url: str, source: TextIO, on_error: RowErrorSink, progress: Progress
-    ) -> imports.ImportReport:
+    ) -> prospect_imports.ImportReport:
         # One connection per job: each merges its share of the phones in parallel.
         pool = await database.create_pool(
             url,
@@ -288,7 +296,7 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
         )
         connections = [await pool.acquire() for _ in range(args.jobs)]
         try:
-            return await imports.import_csv(
+            return await prospect_imports.import_csv(
                 connections, source, options, on_error=on_error, on_progress=progress
             )
         finally:
@@ -423,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_csv.add_argument("file")
     import_csv.add_argument(
         "--mode",
-        choices=imports.MODES,
+        choices=prospect_imports.MODES,
         default="skip",
         help="a phone already in the database: skip the row, update the prospect, or report it",
     )

@@ -13,7 +13,7 @@ from datetime import UTC, timedelta
 from typing import TextIO
 
 from resolvers.archive import ArchivePlan, ArchiveResult, describe_age
-from resolvers.imports import ImportReportBase
+from resolvers.import_files import ImportReportBase
 from resolvers.mock_store import MockReport
 
 # Where a report's lines go, one call per line.

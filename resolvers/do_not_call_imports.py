@@ -2,7 +2,7 @@
 
 A file is a plain list (one number a line, no header) or a CSV whose header has a phone
 column, with optional scope, reason and expires_at columns that override the import's
-own. It is read in batches on a worker thread, as prospect CSVs are (resolvers/imports.py
+own. It is read in batches on a worker thread, as prospect CSVs are (resolvers/import_files.py
 supplies the reading, batching and transaction pieces), each batch COPYed into a TEMP
 staging table and merged into do_not_call set-wise, all in one transaction: the list
 lands whole or not at all, and memory holds a batch or two whatever the file's size.
@@ -26,9 +26,9 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput
-from resolvers.imports import (
+from resolvers.import_files import (
     BATCH_ROWS,
-    HEADER_ALIASES,
+    PHONE_HEADERS,
     Connection,
     ImportReportBase,
     PhoneRows,
@@ -52,7 +52,7 @@ MAX_REASON = 500
 # The columns a Do-Not-Call CSV may have, and the headers each is found under (compared
 # as prospect CSV headers are): phones under the same names as in a prospect CSV.
 DO_NOT_CALL_ALIASES: dict[str, tuple[str, ...]] = {
-    "phone": HEADER_ALIASES["phone"],
+    "phone": PHONE_HEADERS,
     "scope": ("scope", "list", "list_name"),
     "reason": ("reason", "comment", "note", "notes"),
     "expires_at": (

@@ -21,13 +21,8 @@ import bcrypt
 from resolvers.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, ROLES
 from resolvers.bulk_phones import PhoneNormalizer
 from resolvers.errors import BadUserInput, translate_database_error
-from resolvers.imports import (
-    MAX_COMPANY,
-    MAX_EMAIL,
-    MAX_NAME,
-    Connection,
-    loose_key,
-)
+from resolvers.import_files import Connection, loose_key
+from resolvers.prospect_imports import MAX_COMPANY, MAX_EMAIL, MAX_NAME
 from sql.queries import QUERIES
 
 # Any constant will do: two imports of mock stores at once would race on the same rows.
