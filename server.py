@@ -32,7 +32,7 @@ from graph.extensions import present_error
 from graph.schema import create_schema
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
-from resolvers.dialing import SharedHolds
+from resolvers.dialing import HeldBackCache
 from resolvers.events import Hub, Listener
 from settings import Settings
 from sql import database
@@ -52,7 +52,7 @@ class GraphQLApp(GraphQL[Context, None]):
             token=bearer_token(request.headers.get("authorization")),
             loaders=Loaders.create(pool),
             hub=request.app.state.hub,
-            holds=request.app.state.holds,
+            held_back=request.app.state.held_back,
             request=request,
             response=response,
         )
@@ -132,7 +132,7 @@ def create_app(
         hub = Hub(pool, queue_size=settings.subscriber_queue_size)
         listener = Listener(database_url, hub, health_interval=settings.listener_health_seconds)
         app.state.pool, app.state.hub, app.state.listener = pool, hub, listener
-        app.state.holds = SharedHolds(settings.queue_holds_cache_seconds)
+        app.state.held_back = HeldBackCache(settings.queue_holds_cache_seconds)
         tasks = [
             asyncio.create_task(listener.run(), name="call-event-listener"),
             asyncio.create_task(sweep(pool, settings.stale_call_sweep_seconds), name="sweep"),

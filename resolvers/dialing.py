@@ -37,15 +37,16 @@ class NextLead:
 
 
 @dataclass(frozen=True)
-class SharedCounts:
-    """queue_holds_shared() as read at one moment (time.monotonic())."""
+class HeldBackCounts:
+    """The held-back counts that are the same for every agent (queue_holds_shared()), as
+    read at one moment (time.monotonic())."""
 
     counts: dict[str, int]
     read_at: float
 
 
-class SharedHolds:
-    """The part of the "nothing callable" counts that is the same for every agent, read at
+class HeldBackCache:
+    """The part of nextLead's heldBack counts that is the same for every agent, read at
     most once per `seconds` in this process.
 
     It reads every prospect (about a second per million), and an exhausted queue has every
@@ -55,10 +56,10 @@ class SharedHolds:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._last: SharedCounts | None = None
-        self._reading: asyncio.Task[SharedCounts] | None = None
+        self._last: HeldBackCounts | None = None
+        self._reading: asyncio.Task[HeldBackCounts] | None = None
 
-    async def get(self, pool: asyncpg.Pool) -> SharedCounts:
+    async def get(self, pool: asyncpg.Pool) -> HeldBackCounts:
         """The counts, read now unless a read under `seconds` old (or running) serves."""
         last = self._last
         if last is not None and monotonic() - last.read_at < self.seconds:
@@ -73,20 +74,20 @@ class SharedHolds:
             if reading.done() and self._reading is reading:
                 self._reading = None
 
-    async def _read(self, pool: asyncpg.Pool) -> SharedCounts:
+    async def _read(self, pool: asyncpg.Pool) -> HeldBackCounts:
         started = monotonic()
         rows = await pool.fetch(QUERIES["queue_holds_shared"])
-        self._last = SharedCounts({r["code"]: r["prospects"] for r in rows}, started)
+        self._last = HeldBackCounts({r["code"]: r["prospects"] for r in rows}, started)
         return self._last
 
 
-async def next_lead(pool: asyncpg.Pool, actor: Actor, holds: SharedHolds) -> NextLead:
+async def next_lead(pool: asyncpg.Pool, actor: Actor, held_back: HeldBackCache) -> NextLead:
     """Start a call on the best callable prospect for the actor, or say why none is."""
     with database_errors():
         call = await pool.fetchrow(QUERIES["next_lead"], actor.id)
     if call is not None:
         return NextLead(call=call, held_back=[])
-    shared = await holds.get(pool)
+    shared = await held_back.get(pool)
     own = {
         r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["queue_holds_own"], actor.id)
     }
