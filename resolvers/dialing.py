@@ -13,10 +13,13 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput, CallRuleRefusal, NotFound, database_errors
+from resolvers.limits import MAX_WEEKDAY, MIN_ATTEMPTS, MIN_WEEKDAY
 from resolvers.phones import normalize_phone
 from sql.queries import QUERIES
 
 MAX_LIST = 500
+# The API's ceiling on a cap; the database asks only that a cap be at least MIN_ATTEMPTS.
+MAX_ATTEMPTS = 1_000_000
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -154,8 +157,12 @@ async def set_calling_hours(
 ) -> list[asyncpg.Record]:
     """Replace the calling window; weekdays left out are closed."""
     weekdays = [day for day, _, _ in week]
-    if len(set(weekdays)) != len(weekdays) or not all(0 <= day <= 6 for day in weekdays):
-        raise BadUserInput("weekdays must be distinct, 0 (Sunday) to 6", field="weekday")
+    if len(set(weekdays)) != len(weekdays) or not all(
+        MIN_WEEKDAY <= day <= MAX_WEEKDAY for day in weekdays
+    ):
+        raise BadUserInput(
+            f"weekdays must be distinct, {MIN_WEEKDAY} (Sunday) to {MAX_WEEKDAY}", field="weekday"
+        )
     opens = [parse_clock(opens_at, "opensAt") for _, opens_at, _ in week]
     closes = [parse_clock(closes_at, "closesAt") for _, _, closes_at in week]
     if any(o >= c for o, c in zip(opens, closes, strict=True)):
@@ -193,8 +200,10 @@ async def update_dialing_rules(pool: asyncpg.Pool, changes: RuleChanges) -> asyn
     """Change the caps, grace or default zone."""
     for name in ("max_attempts_total", "max_attempts_per_day", "max_attempts_per_number_24h"):
         value = getattr(changes, name)
-        if value is not None and not 1 <= value <= 1_000_000:
-            raise BadUserInput(f"{name} must be between 1 and 1000000", field=name)
+        if value is not None and not MIN_ATTEMPTS <= value <= MAX_ATTEMPTS:
+            raise BadUserInput(
+                f"{name} must be between {MIN_ATTEMPTS} and {MAX_ATTEMPTS}", field=name
+            )
     grace = changes.callback_grace_seconds
     if grace is not None and not 0 <= grace <= 7 * 86_400:
         raise BadUserInput("callbackGraceSeconds must be 0 to 604800", field="callbackGraceSeconds")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,6 +42,14 @@ from resolvers.import_files import (
     read_ahead,
     read_first_line,
     read_header,
+)
+from resolvers.limits import (
+    EMAIL_PATTERN,
+    MAX_COMPANY_LENGTH,
+    MAX_EMAIL_LENGTH,
+    MAX_PRIORITY,
+    MAX_PROSPECT_NAME_LENGTH,
+    MIN_PRIORITY,
 )
 from sql.queries import QUERIES
 
@@ -84,14 +91,6 @@ HEADER_ALIASES: dict[str, tuple[str, ...]] = {
     "time_zone": ("time_zone", "timezone", "tz"),
     "priority": ("priority",),
 }
-
-# The same rules as the prospects table's checks (001), so the merge never fails on a row.
-# Python's \s matches more whitespace than PostgreSQL's, so this is if anything stricter.
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-MAX_NAME = 200
-MAX_EMAIL = 254
-MAX_COMPANY = 200
-MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 @dataclass(kw_only=True)
@@ -155,7 +154,11 @@ StagedRow = tuple[
 
 
 class CsvRows(PhoneRows[StagedRow]):
-    """The data rows of a prospects CSV, validated and normalized, in batches for COPY."""
+    """The data rows of a prospects CSV, validated and normalized, in batches for COPY.
+
+    Rows are checked against the limits of the prospects table's constraints, so the merge
+    never fails on a row: a bad row is a row error, and the rest of the file goes in.
+    """
 
     def __init__(
         self,
@@ -205,20 +208,22 @@ class CsvRows(PhoneRows[StagedRow]):
             first = record[self._first_name].strip() if self._first_name is not None else ""
             last = record[self._last_name].strip() if self._last_name is not None else ""
             name = f"{first} {last}".strip() or None
-        if name is not None and (len(name) > MAX_NAME or "\x00" in name):
-            self._fail(f"name must be 1 to {MAX_NAME} characters of text", "name")
+        if name is not None and (len(name) > MAX_PROSPECT_NAME_LENGTH or "\x00" in name):
+            self._fail(f"name must be 1 to {MAX_PROSPECT_NAME_LENGTH} characters of text", "name")
             return None
 
         email = clean_cell(record[self._email]) if self._email is not None else None
         if email is not None and (
-            len(email) > MAX_EMAIL or "\x00" in email or not _EMAIL.fullmatch(email)
+            len(email) > MAX_EMAIL_LENGTH or "\x00" in email or not EMAIL_PATTERN.fullmatch(email)
         ):
             self._fail(f"email {email[:100]!r} is not a valid address", "email")
             return None
 
         company = clean_cell(record[self._company]) if self._company is not None else None
-        if company is not None and (len(company) > MAX_COMPANY or "\x00" in company):
-            self._fail(f"company must be at most {MAX_COMPANY} characters of text", "company")
+        if company is not None and (len(company) > MAX_COMPANY_LENGTH or "\x00" in company):
+            self._fail(
+                f"company must be at most {MAX_COMPANY_LENGTH} characters of text", "company"
+            )
             return None
 
         status: str | None = None
