@@ -30,10 +30,9 @@ from graph.prospects import AssignmentMutations, ProspectMutations, ProspectQuer
 from graph.reports import ReportQueries
 from graph.types import BIG_INT_SCALAR, BigInt
 from graph.users import SessionMutations, SessionQueries, UserMutations, UserQueries
+from settings import DEFAULT_MAX_ALIASES, DEFAULT_MAX_QUERY_DEPTH
 
-DEFAULT_MAX_DEPTH = 10
 MAX_TOKENS = 5000
-DEFAULT_MAX_ALIASES = 30
 
 
 # Each root type is its mixins' fields, base by base from left to right: the order of the
@@ -104,7 +103,7 @@ class CallfloorSchema(strawberry.Schema):
 
 
 def create_schema(
-    max_depth: int = DEFAULT_MAX_DEPTH, max_aliases: int = DEFAULT_MAX_ALIASES
+    max_depth: int = DEFAULT_MAX_QUERY_DEPTH, max_aliases: int = DEFAULT_MAX_ALIASES
 ) -> strawberry.Schema:
     """The schema with its limits (depth, aliases), caches and error handling on."""
     # The rule classes are made once: ValidationCache keys on them, so a document seen

@@ -4,6 +4,9 @@ resolvers/limits.py mirrors named constraints so that a bad value is refused ear
 the field it concerns. Each test writes the limit itself (the database must take it) and
 one past it (the named constraint must refuse it) into the real migrated schema, so a
 limit changed on one side only fails here. Every write is rolled back.
+
+The same goes for the defaults settings.py and the SQL functions share: the re-call gap
+and a call's lease, when a connection carries no app.* settings.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncpg
 import pytest
 
 from resolvers import limits
+from settings import DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS, DEFAULT_MIN_CALL_INTERVAL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -267,3 +271,21 @@ def test_every_limit_is_proved_against_the_database() -> None:
     constants = {name for name in vars(limits) if name.isupper()}
     proved = {boundary.constant for boundary in BOUNDARIES} | {"EMAIL_PATTERN"}
     assert constants == proved
+
+
+async def test_the_sql_functions_fall_back_to_the_defaults_of_settings(database_url: str) -> None:
+    """psql or a hand-written job, connected without the server's app.* settings, gets the
+    gap and lease the server would use by default."""
+    plain = await asyncpg.connect(database_url)
+    try:
+        unset = await plain.fetchval(
+            "SELECT coalesce(current_setting('app.min_call_interval_seconds', true), '')"
+            " || coalesce(current_setting('app.active_call_timeout_seconds', true), '')"
+        )
+        gap = await plain.fetchval("SELECT extract(epoch FROM min_call_interval())")
+        lease = await plain.fetchval("SELECT extract(epoch FROM active_call_timeout())")
+    finally:
+        await plain.close()
+    assert unset == ""
+    assert gap == DEFAULT_MIN_CALL_INTERVAL_SECONDS
+    assert lease == DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS
