@@ -10,6 +10,15 @@ from urllib.parse import quote
 from dotenv import load_dotenv
 
 PROJECT_ROOT = Path(__file__).resolve().parent
+# The re-call gap; min_call_interval() in SQL falls back to the same when a connection has
+# no app.min_call_interval_seconds (psql, a hand-written job). tests/test_limits.py checks.
+DEFAULT_MIN_CALL_INTERVAL_SECONDS = 300
+# A call's lease; active_call_timeout() in SQL falls back to the same without
+# app.active_call_timeout_seconds. tests/test_limits.py checks.
+DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS = 3600
+# The GraphQL document limits: the server's, and create_schema()'s defaults.
+DEFAULT_MAX_QUERY_DEPTH = 8
+DEFAULT_MAX_ALIASES = 30
 
 
 def _int(name: str, default: int) -> int:
@@ -46,18 +55,18 @@ class Settings:
     data_dir: Path = PROJECT_ROOT / ".data"
     host: str = "127.0.0.1"
     port: int = 8000
-    min_call_interval_seconds: int = 300
+    min_call_interval_seconds: int = DEFAULT_MIN_CALL_INTERVAL_SECONDS
     bcrypt_rounds: int = 12
     token_ttl_seconds: int = 12 * 3600
     default_phone_region: str = "US"
-    max_query_depth: int = 8
-    max_aliases: int = 30
+    max_query_depth: int = DEFAULT_MAX_QUERY_DEPTH
+    max_aliases: int = DEFAULT_MAX_ALIASES
     login_max_failures: int = 5
     login_failure_window_seconds: int = 900
     pool_min_size: int = 2
     pool_max_size: int = 20
     graphiql: bool = True
-    active_call_timeout_seconds: int = 3600
+    active_call_timeout_seconds: int = DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS
     stale_call_sweep_seconds: float = 15.0
     queue_holds_cache_seconds: float = 5.0
     subscriber_queue_size: int = 256
@@ -78,18 +87,22 @@ class Settings:
             data_dir=Path(os.environ.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
             host=os.environ.get("HOST", "127.0.0.1"),
             port=_int("PORT", 8000),
-            min_call_interval_seconds=_int("MIN_CALL_INTERVAL_SECONDS", 300),
+            min_call_interval_seconds=_int(
+                "MIN_CALL_INTERVAL_SECONDS", DEFAULT_MIN_CALL_INTERVAL_SECONDS
+            ),
             bcrypt_rounds=_int("BCRYPT_ROUNDS", 12),
             token_ttl_seconds=_int("TOKEN_TTL_SECONDS", 12 * 3600),
             default_phone_region=os.environ.get("DEFAULT_PHONE_REGION", "US").upper(),
-            max_query_depth=_int("MAX_QUERY_DEPTH", 8),
-            max_aliases=_int("MAX_ALIASES", 30),
+            max_query_depth=_int("MAX_QUERY_DEPTH", DEFAULT_MAX_QUERY_DEPTH),
+            max_aliases=_int("MAX_ALIASES", DEFAULT_MAX_ALIASES),
             login_max_failures=_int("LOGIN_MAX_FAILURES", 5),
             login_failure_window_seconds=_int("LOGIN_FAILURE_WINDOW_SECONDS", 900),
             pool_min_size=_int("DB_POOL_MIN_SIZE", 2),
             pool_max_size=_int("DB_POOL_MAX_SIZE", 20),
             graphiql=os.environ.get("GRAPHIQL", "1") not in {"0", "false", "no"},
-            active_call_timeout_seconds=_int("ACTIVE_CALL_TIMEOUT_SECONDS", 3600),
+            active_call_timeout_seconds=_int(
+                "ACTIVE_CALL_TIMEOUT_SECONDS", DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS
+            ),
             stale_call_sweep_seconds=_float("STALE_CALL_SWEEP_SECONDS", 15.0),
             queue_holds_cache_seconds=_float("QUEUE_HOLDS_CACHE_SECONDS", 5.0),
             subscriber_queue_size=_int("SUBSCRIBER_QUEUE_SIZE", 256),

@@ -12,7 +12,7 @@ from strawberry.dataloader import DataLoader
 
 from resolvers import calls, prospects, users
 from resolvers.auth import Actor, authenticate, require_role, require_user
-from resolvers.dialing import SharedHolds
+from resolvers.dialing import HeldBackCache
 from resolvers.events import Hub
 from settings import Settings
 
@@ -61,8 +61,8 @@ class Context:
     settings: Settings
     token: str | None
     loaders: Loaders
-    # The counts behind "nothing callable", shared by this process's requests.
-    holds: SharedHolds
+    # nextLead's heldBack counts, shared by this process's requests.
+    held_back: HeldBackCache
     hub: Hub | None = None
     request: Any = None
     response: Any = None

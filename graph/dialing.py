@@ -261,7 +261,7 @@ class DialingMutations:
     )
     async def next_lead(self, info: GraphInfo) -> NextLeadPayload:
         actor = await info.context.require_user()
-        result = await dialing.next_lead(info.context.pool, actor, info.context.holds)
+        result = await dialing.next_lead(info.context.pool, actor, info.context.held_back)
         if result.call is None:
             return NextLeadPayload(
                 prospect=None,

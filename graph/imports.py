@@ -8,7 +8,7 @@ from enum import Enum
 import strawberry
 
 from graph.types import GraphInfo
-from resolvers import do_not_call_imports, imports
+from resolvers import do_not_call_imports, import_files, prospect_imports
 from resolvers.auth import SUPERVISORS
 
 
@@ -20,7 +20,7 @@ def _camel(name: str | None) -> str | None:
     return first + "".join(part.title() for part in rest)
 
 
-def _row_errors(report: imports.ImportReportBase) -> list[ImportRowError]:
+def _row_errors(report: import_files.ImportReportBase) -> list[ImportRowError]:
     """The report's listed row errors, with fields as the schema spells them."""
     return [
         ImportRowError(row=e.row, field=_camel(e.field), reason=e.reason)
@@ -87,7 +87,7 @@ class ImportProspectsResult:
     )
     errors: int
     row_errors: list[ImportRowError] = strawberry.field(
-        description=f"The first {imports.MAX_LISTED_ERRORS} row errors, in row order."
+        description=f"The first {import_files.MAX_LISTED_ERRORS} row errors, in row order."
     )
     columns: list[ImportColumn]
     ignored_columns: list[str]
@@ -116,7 +116,7 @@ class ImportDoNotCallResult:
     )
     errors: int
     row_errors: list[ImportRowError] = strawberry.field(
-        description=f"The first {imports.MAX_LISTED_ERRORS} row errors, in row order."
+        description=f"The first {import_files.MAX_LISTED_ERRORS} row errors, in row order."
     )
 
 
@@ -143,14 +143,14 @@ class ImportMutations:
         actor = await info.context.require_role(*SUPERVISORS)
         chosen = {
             name: header
-            for name in imports.FIELDS
+            for name in prospect_imports.FIELDS
             if columns is not None and (header := getattr(columns, name)) is not None
         }
-        report = await imports.import_prospects_text(
+        report = await prospect_imports.import_prospects_text(
             info.context.pool,
             actor,
             csv,
-            imports.CsvImportOptions(
+            prospect_imports.CsvImportOptions(
                 mode=mode.value,
                 dry_run=dry_run,
                 region=info.context.settings.default_phone_region,

@@ -1,4 +1,4 @@
-"""Manager reports (the seed's Monitoring queries), archiving and privacy requests."""
+"""Manager reports (the seed's Monitoring queries), over live and archived history."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from uuid import UUID
 
 import asyncpg
 import strawberry
-from strawberry.scalars import JSON
 
 from graph.types import BigInt, GraphInfo, PageInfo, Prospect, User
-from resolvers import privacy, prospects, reports
+from resolvers import reports
 from resolvers.auth import SUPERVISORS
-from resolvers.errors import parse_id
 
 
 async def _user(info: GraphInfo, user_id: strawberry.ID | None) -> User | None:
@@ -155,14 +153,6 @@ class RecentStatusChange:
         return await _user(info, self.changed_by_id)
 
 
-@strawberry.type(description="What an erasure did.")
-class ProspectErasure:
-    prospect: Prospect
-    erased_at: datetime = strawberry.field(description="When the prospect was first erased.")
-    call_logs_erased: int = strawberry.field(description="Calls whose number and notes went.")
-    archived_call_logs_erased: int
-
-
 @strawberry.type
 class ReportQueries:
     """Report fields, merged into Query."""
@@ -253,37 +243,3 @@ class ReportQueries:
         await info.context.require_role(*SUPERVISORS)
         rows = await reports.recent_status_changes(info.context.pool, first)
         return [RecentStatusChange.from_record(row) for row in rows]
-
-
-@strawberry.type
-class ReportMutations:
-    """Privacy mutations, merged into Mutation."""
-
-    @strawberry.mutation(
-        description=(
-            "Everything held about a prospect, archived calls included, as JSON (admins); "
-            "logged as a privacy request."
-        )
-    )
-    async def export_prospect(self, info: GraphInfo, id: strawberry.ID) -> JSON:
-        actor = await info.context.require_role("admin")
-        export = await privacy.export_prospect(info.context.pool, actor, parse_id(id))
-        return JSON(export)
-
-    @strawberry.mutation(
-        description=(
-            "Erase a prospect's personal data but keep what reports count (admins); refused "
-            "while it is on a call; logged as a privacy request."
-        )
-    )
-    async def erase_prospect(self, info: GraphInfo, id: strawberry.ID) -> ProspectErasure:
-        actor = await info.context.require_role("admin")
-        prospect_id = parse_id(id)
-        record = await privacy.erase_prospect(info.context.pool, actor, prospect_id)
-        erased = await prospects.get_prospect(info.context.pool, prospect_id)
-        return ProspectErasure(
-            prospect=Prospect.from_record(erased),
-            erased_at=record["erased_at"],
-            call_logs_erased=record["call_logs_erased"],
-            archived_call_logs_erased=record["archived_call_logs_erased"],
-        )

@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -53,7 +53,8 @@ def parse_age(text: str, minimum: timedelta = MIN_AGE) -> timedelta:
     age = timedelta(**{_UNITS[match[2]]: int(match[1])})
     if age < minimum:
         raise BadUserInput(
-            f"older-than must be at least {_age_words(minimum)}: the call rules read recent calls",
+            f"older-than must be at least {describe_age(minimum)}: "
+            "the call rules read recent calls",
             field="olderThan",
         )
     if age > timedelta(days=100 * 366):
@@ -128,42 +129,8 @@ async def archive(
     return result
 
 
-def describe_plan(plan: ArchivePlan, older_than: timedelta, emit: Callable[[str], object]) -> None:
-    """The plan in words, for the command line."""
-    cutoff = plan.cutoff.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    emit(f"archiving what is older than {_age_words(older_than)}: before {cutoff}")
-    if plan.call_logs or plan.status_changes:
-        emit(f"to move: {plan.call_logs:,} call logs, {plan.status_changes:,} status changes")
-    else:
-        emit("to move: nothing")
-    if plan.calls_in_progress:
-        emit(f"left in place: {plan.calls_in_progress:,} old calls still in progress")
-
-
-def describe_result(result: ArchiveResult, emit: Callable[[str], object]) -> None:
-    """What a run moved, for the command line."""
-    emit(
-        f"moved {result.call_logs:,} call logs and {result.status_changes:,} status changes "
-        f"to the archive in {result.batches:,} batches ({result.seconds:.1f} s)"
-    )
-
-
-def progress_printer(
-    emit: Callable[[str], object], every_seconds: float = 1.0
-) -> Callable[[ArchiveResult], None]:
-    """An on_batch callback that reports progress at most every every_seconds."""
-    last = time.monotonic()
-
-    def show(result: ArchiveResult) -> None:
-        nonlocal last
-        if time.monotonic() - last >= every_seconds:
-            last = time.monotonic()
-            emit(f"  ... {result.call_logs:,} call logs, {result.status_changes:,} status changes")
-
-    return show
-
-
-def _age_words(age: timedelta) -> str:
+def describe_age(age: timedelta) -> str:
+    """An age in the largest unit that divides it evenly, as people say it: 1 day, 36 hours."""
     seconds = int(age.total_seconds())
     for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
         if seconds % size == 0:

@@ -12,12 +12,14 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput, NotFound, database_errors
+from resolvers.limits import (
+    MAX_DURATION_SECONDS,
+    MAX_NOTES_LENGTH,
+    MAX_RECORDING_URL_LENGTH,
+    MIN_DURATION_SECONDS,
+)
 from resolvers.phones import normalize_phone
 from sql.queries import QUERIES
-
-MAX_NOTES_LENGTH = 10_000
-MAX_RECORDING_URL_LENGTH = 2048
-MAX_DURATION_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,12 @@ class CallOutcome:
 
     def validate(self) -> None:
         """BAD_USER_INPUT for values no call can have (the database checks them too)."""
-        if self.duration is not None and not 0 <= self.duration <= MAX_DURATION_SECONDS:
+        duration = self.duration
+        if duration is not None and not MIN_DURATION_SECONDS <= duration <= MAX_DURATION_SECONDS:
             raise BadUserInput(
-                f"duration must be between 0 and {MAX_DURATION_SECONDS} seconds", field="duration"
+                f"duration must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS} "
+                "seconds",
+                field="duration",
             )
         if self.notes is not None and len(self.notes) > MAX_NOTES_LENGTH:
             raise BadUserInput(

@@ -13,10 +13,13 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput, CallRuleRefusal, NotFound, database_errors
+from resolvers.limits import MAX_WEEKDAY, MIN_ATTEMPTS, MIN_WEEKDAY
 from resolvers.phones import normalize_phone
 from sql.queries import QUERIES
 
 MAX_LIST = 500
+# The API's ceiling on a cap; the database asks only that a cap be at least MIN_ATTEMPTS.
+MAX_ATTEMPTS = 1_000_000
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -37,15 +40,16 @@ class NextLead:
 
 
 @dataclass(frozen=True)
-class SharedCounts:
-    """held_back_shared() as read at one moment (time.monotonic())."""
+class HeldBackCounts:
+    """The held-back counts that are the same for every agent (held_back_shared()), as
+    read at one moment (time.monotonic())."""
 
     counts: dict[str, int]
     read_at: float
 
 
-class SharedHolds:
-    """The part of the "nothing callable" counts that is the same for every agent, read at
+class HeldBackCache:
+    """The part of nextLead's heldBack counts that is the same for every agent, read at
     most once per `seconds` in this process.
 
     It reads every prospect (about a second per million), and an exhausted queue has every
@@ -55,10 +59,10 @@ class SharedHolds:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._last: SharedCounts | None = None
-        self._reading: asyncio.Task[SharedCounts] | None = None
+        self._last: HeldBackCounts | None = None
+        self._reading: asyncio.Task[HeldBackCounts] | None = None
 
-    async def get(self, pool: asyncpg.Pool) -> SharedCounts:
+    async def get(self, pool: asyncpg.Pool) -> HeldBackCounts:
         """The counts, read now unless a read under `seconds` old (or running) serves."""
         last = self._last
         if last is not None and monotonic() - last.read_at < self.seconds:
@@ -73,21 +77,23 @@ class SharedHolds:
             if reading.done() and self._reading is reading:
                 self._reading = None
 
-    async def _read(self, pool: asyncpg.Pool) -> SharedCounts:
+    async def _read(self, pool: asyncpg.Pool) -> HeldBackCounts:
         started = monotonic()
         rows = await pool.fetch(QUERIES["held_back_shared"])
-        self._last = SharedCounts({r["code"]: r["prospects"] for r in rows}, started)
+        self._last = HeldBackCounts({r["code"]: r["prospects"] for r in rows}, started)
         return self._last
 
 
-async def next_lead(pool: asyncpg.Pool, actor: Actor, holds: SharedHolds) -> NextLead:
+async def next_lead(pool: asyncpg.Pool, actor: Actor, held_back: HeldBackCache) -> NextLead:
     """Start a call on the best callable prospect for the actor, or say why none is."""
     with database_errors():
         call = await pool.fetchrow(QUERIES["next_lead"], actor.id)
     if call is not None:
         return NextLead(call=call, held_back=[])
-    shared = await holds.get(pool)
-    own = {r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["held_back_own"], actor.id)}
+    shared = await held_back.get(pool)
+    own = {
+        r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["held_back_own"], actor.id)
+    }
     held = [HeldBack(code, count - own.get(code, 0)) for code, count in shared.counts.items()]
     held.sort(key=lambda h: (-h.prospects, h.code))
     return NextLead(call=None, held_back=held)
@@ -151,8 +157,12 @@ async def set_calling_hours(
 ) -> list[asyncpg.Record]:
     """Replace the calling window; weekdays left out are closed."""
     weekdays = [day for day, _, _ in week]
-    if len(set(weekdays)) != len(weekdays) or not all(0 <= day <= 6 for day in weekdays):
-        raise BadUserInput("weekdays must be distinct, 0 (Sunday) to 6", field="weekday")
+    if len(set(weekdays)) != len(weekdays) or not all(
+        MIN_WEEKDAY <= day <= MAX_WEEKDAY for day in weekdays
+    ):
+        raise BadUserInput(
+            f"weekdays must be distinct, {MIN_WEEKDAY} (Sunday) to {MAX_WEEKDAY}", field="weekday"
+        )
     opens = [parse_clock(opens_at, "opensAt") for _, opens_at, _ in week]
     closes = [parse_clock(closes_at, "closesAt") for _, _, closes_at in week]
     if any(o >= c for o, c in zip(opens, closes, strict=True)):
@@ -190,8 +200,10 @@ async def update_dialing_rules(pool: asyncpg.Pool, changes: RuleChanges) -> asyn
     """Change the caps, grace or default zone."""
     for name in ("max_attempts_total", "max_attempts_per_day", "max_attempts_per_number_24h"):
         value = getattr(changes, name)
-        if value is not None and not 1 <= value <= 1_000_000:
-            raise BadUserInput(f"{name} must be between 1 and 1000000", field=name)
+        if value is not None and not MIN_ATTEMPTS <= value <= MAX_ATTEMPTS:
+            raise BadUserInput(
+                f"{name} must be between {MIN_ATTEMPTS} and {MAX_ATTEMPTS}", field=name
+            )
     grace = changes.callback_grace_seconds
     if grace is not None and not 0 <= grace <= 7 * 86_400:
         raise BadUserInput("callbackGraceSeconds must be 0 to 604800", field="callbackGraceSeconds")

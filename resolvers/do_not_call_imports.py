@@ -2,7 +2,7 @@
 
 A file is a plain list (one number a line, no header) or a CSV whose header has a phone
 column, with optional scope, reason and expires_at columns that override the import's
-own. It is read in batches on a worker thread, as prospect CSVs are (resolvers/imports.py
+own. It is read in batches on a worker thread, as prospect CSVs are (resolvers/import_files.py
 supplies the reading, batching and transaction pieces), each batch COPYed into a TEMP
 staging table and merged into do_not_call set-wise, all in one transaction: the list
 lands whole or not at all, and memory holds a batch or two whatever the file's size.
@@ -26,9 +26,9 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput
-from resolvers.imports import (
+from resolvers.import_files import (
     BATCH_ROWS,
-    HEADER_ALIASES,
+    PHONE_HEADERS,
     Connection,
     ImportReportBase,
     PhoneRows,
@@ -44,15 +44,13 @@ from resolvers.imports import (
     read_header,
     split_first_line,
 )
+from resolvers.limits import MAX_DO_NOT_CALL_REASON_LENGTH, MAX_DO_NOT_CALL_SCOPE_LENGTH
 from sql.queries import QUERIES
 
-# The checks of the do_not_call table (migration 010).
-MAX_SCOPE = 64
-MAX_REASON = 500
 # The columns a Do-Not-Call CSV may have, and the headers each is found under (compared
 # as prospect CSV headers are): phones under the same names as in a prospect CSV.
 DO_NOT_CALL_ALIASES: dict[str, tuple[str, ...]] = {
-    "phone": HEADER_ALIASES["phone"],
+    "phone": PHONE_HEADERS,
     "scope": ("scope", "list", "list_name"),
     "reason": ("reason", "comment", "note", "notes"),
     "expires_at": (
@@ -100,13 +98,15 @@ class DoNotCallImportOptions:
         when a value could never be listed."""
         scope = clean_cell(self.scope) if self.scope is not None else None
         reason = clean_cell(self.reason) if self.reason is not None else None
-        if scope is not None and _text_problem(scope, MAX_SCOPE):
+        if scope is not None and _text_problem(scope, MAX_DO_NOT_CALL_SCOPE_LENGTH):
             raise BadUserInput(
-                f"scope must be at most {MAX_SCOPE} characters of text", field="scope"
+                f"scope must be at most {MAX_DO_NOT_CALL_SCOPE_LENGTH} characters of text",
+                field="scope",
             )
-        if reason is not None and _text_problem(reason, MAX_REASON):
+        if reason is not None and _text_problem(reason, MAX_DO_NOT_CALL_REASON_LENGTH):
             raise BadUserInput(
-                f"reason must be at most {MAX_REASON} characters of text", field="reason"
+                f"reason must be at most {MAX_DO_NOT_CALL_REASON_LENGTH} characters of text",
+                field="reason",
             )
         expires_at = self.expires_at
         if expires_at is not None:
@@ -186,12 +186,17 @@ class DoNotCallRows(PhoneRows[StagedNumber]):
         if normalized is None:
             return None
         scope = self._cell(record, self._scope)
-        if scope is not None and _text_problem(scope, MAX_SCOPE):
-            self._fail(f"scope must be at most {MAX_SCOPE} characters of text", "scope")
+        if scope is not None and _text_problem(scope, MAX_DO_NOT_CALL_SCOPE_LENGTH):
+            self._fail(
+                f"scope must be at most {MAX_DO_NOT_CALL_SCOPE_LENGTH} characters of text", "scope"
+            )
             return None
         reason = self._cell(record, self._reason)
-        if reason is not None and _text_problem(reason, MAX_REASON):
-            self._fail(f"reason must be at most {MAX_REASON} characters of text", "reason")
+        if reason is not None and _text_problem(reason, MAX_DO_NOT_CALL_REASON_LENGTH):
+            self._fail(
+                f"reason must be at most {MAX_DO_NOT_CALL_REASON_LENGTH} characters of text",
+                "reason",
+            )
             return None
         expires_at = self._options.expires_at
         given = self._cell(record, self._expires_at)

@@ -10,6 +10,20 @@ from uuid import UUID
 
 import asyncpg
 
+from resolvers.limits import (
+    MAX_COMPANY_LENGTH,
+    MAX_DO_NOT_CALL_REASON_LENGTH,
+    MAX_DO_NOT_CALL_SCOPE_LENGTH,
+    MAX_DURATION_SECONDS,
+    MAX_NOTES_LENGTH,
+    MAX_PRIORITY,
+    MAX_PROSPECT_NAME_LENGTH,
+    MAX_RECORDING_URL_LENGTH,
+    MAX_USER_NAME_LENGTH,
+    MIN_DURATION_SECONDS,
+    MIN_PRIORITY,
+)
+
 # SQLSTATE raised by raise_domain_error() in sql/migrations; HINT carries the code.
 DOMAIN_SQLSTATE = "CF000"
 
@@ -88,29 +102,58 @@ _CONSTRAINTS: dict[str, tuple[type[DomainError], str, str | None]] = {
     "users_email_key": (Conflict, "A user with this email already exists", "email"),
     "prospects_status_fkey": (BadUserInput, "Unknown status", "status"),
     "dispositions_sets_status_fkey": (BadUserInput, "Unknown status", "setsStatus"),
-    "do_not_call_scope_length": (BadUserInput, "Scope must be at most 64 characters", "scope"),
-    "do_not_call_reason_length": (BadUserInput, "Reason must be at most 500 characters", "reason"),
-    "do_not_call_removal_reason_length": (
+    "do_not_call_scope_length": (
         BadUserInput,
-        "Reason must be at most 500 characters",
+        f"Scope must be at most {MAX_DO_NOT_CALL_SCOPE_LENGTH} characters",
+        "scope",
+    ),
+    "do_not_call_reason_length": (
+        BadUserInput,
+        f"Reason must be at most {MAX_DO_NOT_CALL_REASON_LENGTH} characters",
         "reason",
     ),
-    "prospects_name_length": (BadUserInput, "Name must be 1 to 200 characters", "name"),
+    "do_not_call_removal_reason_length": (
+        BadUserInput,
+        f"Reason must be at most {MAX_DO_NOT_CALL_REASON_LENGTH} characters",
+        "reason",
+    ),
+    "prospects_name_length": (
+        BadUserInput,
+        f"Name must be 1 to {MAX_PROSPECT_NAME_LENGTH} characters",
+        "name",
+    ),
     "prospects_email_format": (BadUserInput, "Email is not a valid address", "email"),
-    "prospects_company_length": (BadUserInput, "Company must be at most 200 characters", "company"),
+    "prospects_company_length": (
+        BadUserInput,
+        f"Company must be at most {MAX_COMPANY_LENGTH} characters",
+        "company",
+    ),
+    "prospects_priority_range": (
+        BadUserInput,
+        f"Priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}",
+        "priority",
+    ),
     "prospects_phone_e164": (BadUserInput, "Phone must be in E.164 form", "phone"),
     "users_email_format": (BadUserInput, "Email is not a valid address", "email"),
-    "users_name_length": (BadUserInput, "Name must be at most 200 characters", "name"),
+    "users_name_length": (
+        BadUserInput,
+        f"Name must be at most {MAX_USER_NAME_LENGTH} characters",
+        "name",
+    ),
     "users_role_known": (BadUserInput, "Role must be agent, manager or admin", "role"),
-    "call_logs_notes_length": (BadUserInput, "Notes must be at most 10000 characters", "notes"),
+    "call_logs_notes_length": (
+        BadUserInput,
+        f"Notes must be at most {MAX_NOTES_LENGTH} characters",
+        "notes",
+    ),
     "call_logs_recording_url_length": (
         BadUserInput,
-        "Recording URL must be at most 2048 characters",
+        f"Recording URL must be at most {MAX_RECORDING_URL_LENGTH} characters",
         "recordingUrl",
     ),
     "call_logs_duration_range": (
         BadUserInput,
-        "Duration must be between 0 and 86400 seconds",
+        f"Duration must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS} seconds",
         "duration",
     ),
 }

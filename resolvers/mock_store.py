@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,22 +21,23 @@ import bcrypt
 from resolvers.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, ROLES
 from resolvers.bulk_phones import PhoneNormalizer
 from resolvers.errors import BadUserInput, translate_database_error
-from resolvers.imports import (
-    MAX_COMPANY,
-    MAX_EMAIL,
-    MAX_NAME,
-    Connection,
-    loose_key,
+from resolvers.import_files import Connection, loose_key
+from resolvers.limits import (
+    EMAIL_PATTERN,
+    MAX_COMPANY_LENGTH,
+    MAX_DURATION_SECONDS,
+    MAX_EMAIL_LENGTH,
+    MAX_NOTES_LENGTH,
+    MAX_PROSPECT_NAME_LENGTH,
+    MAX_RECORDING_URL_LENGTH,
+    MAX_USER_NAME_LENGTH,
+    MIN_DURATION_SECONDS,
 )
 from sql.queries import QUERIES
 
 # Any constant will do: two imports of mock stores at once would race on the same rows.
 MOCK_IMPORT_LOCK_KEY = 7_243_311_004
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-MAX_NOTES = 10_000
-MAX_RECORDING_URL = 2048
-MAX_DURATION = 86_400
 DRY_RUN_HASH = "not-hashed-in-a-dry-run"
 
 # Key spellings the mock store may use for each field: the first one present wins.
@@ -163,7 +163,7 @@ def _time(value: Any, what: str) -> datetime | None:
     raise RowProblem(f"{what} {str(value)[:40]!r} is not a time (ISO 8601 or epoch milliseconds)")
 
 
-def _name(record: dict[str, Any], keys: dict[str, tuple[str, ...]]) -> str | None:
+def _name(record: dict[str, Any], keys: dict[str, tuple[str, ...]], max_length: int) -> str | None:
     name = _text(_pick(record, keys["name"]), "name")
     if name is None:
         parts = [
@@ -171,14 +171,14 @@ def _name(record: dict[str, Any], keys: dict[str, tuple[str, ...]]) -> str | Non
             for part in ("first_name", "last_name")
         ]
         name = " ".join(p for p in parts if p) or None
-    if name is not None and len(name) > MAX_NAME:
-        raise RowProblem(f"name is longer than {MAX_NAME} characters")
+    if name is not None and len(name) > max_length:
+        raise RowProblem(f"name is longer than {max_length} characters")
     return name
 
 
 def _email(value: Any) -> str | None:
     email = _text(value, "email")
-    if email is not None and (len(email) > MAX_EMAIL or not _EMAIL.fullmatch(email)):
+    if email is not None and (len(email) > MAX_EMAIL_LENGTH or not EMAIL_PATTERN.fullmatch(email)):
         raise RowProblem(f"email {email[:100]!r} is not a valid address")
     return email
 
@@ -279,7 +279,7 @@ def read_user(raw: Any, position: str) -> MockUser:
         position=position,
         mock_id=_ref(_pick(raw, USER_KEYS["id"])),
         email=email,
-        name=_name(raw, USER_KEYS) or "",
+        name=_name(raw, USER_KEYS, MAX_USER_NAME_LENGTH) or "",
         role=role,
         active=True if active is None else active,
         password_hash=stored_hash,
@@ -304,8 +304,8 @@ def read_prospect(
         raise RowProblem(f"phone {raw_phone[:64]!r} is not a valid phone number")
     phone, phone_time_zones = normalized
     company = _text(_pick(raw, PROSPECT_KEYS["company"]), "company")
-    if company is not None and len(company) > MAX_COMPANY:
-        raise RowProblem(f"company is longer than {MAX_COMPANY} characters")
+    if company is not None and len(company) > MAX_COMPANY_LENGTH:
+        raise RowProblem(f"company is longer than {MAX_COMPANY_LENGTH} characters")
     status = _text(_pick(raw, PROSPECT_KEYS["status"]), "status")
     if status is not None:
         known = statuses.get(loose_key(status))
@@ -316,7 +316,7 @@ def read_prospect(
         position=position,
         index=index,
         mock_id=_ref(_pick(raw, PROSPECT_KEYS["id"])),
-        name=_name(raw, PROSPECT_KEYS),
+        name=_name(raw, PROSPECT_KEYS, MAX_PROSPECT_NAME_LENGTH),
         phone=phone,
         phone_time_zones=list(phone_time_zones),
         email=_email(_pick(raw, PROSPECT_KEYS["email"])),
@@ -341,13 +341,16 @@ def read_call(
         if isinstance(duration_value, bool) or not isinstance(duration_value, int | float):
             raise RowProblem("duration must be a number of seconds")
         duration = round(duration_value)
-        if not 0 <= duration <= MAX_DURATION:
-            raise RowProblem(f"duration must be between 0 and {MAX_DURATION} seconds")
+        if not MIN_DURATION_SECONDS <= duration <= MAX_DURATION_SECONDS:
+            raise RowProblem(
+                f"duration must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS} "
+                "seconds"
+            )
     ended_at = _time(_pick(raw, CALL_KEYS["ended_at"]), "endedAt")
     if ended_at is not None and ended_at < started_at:
         raise RowProblem("endedAt is before startedAt")
     if duration is None and ended_at is not None:
-        duration = min(round((ended_at - started_at).total_seconds()), MAX_DURATION)
+        duration = min(round((ended_at - started_at).total_seconds()), MAX_DURATION_SECONDS)
     if ended_at is None:
         # A call in the old store is over: it ended when its talk time says.
         ended_at = started_at + timedelta(seconds=duration or 0)
@@ -358,11 +361,11 @@ def read_call(
             raise RowProblem(f"unknown outcome {outcome[:64]!r} (add it to dispositions first)")
         outcome = known
     notes = _text(_pick(raw, CALL_KEYS["notes"]), "notes")
-    if notes is not None and len(notes) > MAX_NOTES:
-        raise RowProblem(f"notes are longer than {MAX_NOTES} characters")
+    if notes is not None and len(notes) > MAX_NOTES_LENGTH:
+        raise RowProblem(f"notes are longer than {MAX_NOTES_LENGTH} characters")
     recording_url = _text(_pick(raw, CALL_KEYS["recording_url"]), "recordingUrl")
-    if recording_url is not None and len(recording_url) > MAX_RECORDING_URL:
-        raise RowProblem(f"recordingUrl is longer than {MAX_RECORDING_URL} characters")
+    if recording_url is not None and len(recording_url) > MAX_RECORDING_URL_LENGTH:
+        raise RowProblem(f"recordingUrl is longer than {MAX_RECORDING_URL_LENGTH} characters")
     numbers: dict[str, str | None] = {}
     for key, what in (("phone", "phoneNumber"), ("from", "fromNumber")):
         raw_number = _text(_pick(raw, CALL_KEYS[key]), what)
@@ -808,31 +811,3 @@ async def import_mock_store(
         await transaction.commit()
     plan.report.errors.sort(key=_position_key)
     return plan.report
-
-
-ReportLine = Callable[[str], None]
-
-
-def describe_mock_report(report: MockReport, write: ReportLine) -> None:
-    """The report as an operator reads it."""
-    write(
-        f"users: {report.users_created} created, {report.users_existing} already here, "
-        f"{report.users_merged} merged (same email)"
-    )
-    write(
-        f"prospects: {report.prospects_created} created, {report.prospects_existing} already "
-        f"here ({report.prospects_filled} filled in), {report.prospects_merged} merged "
-        f"(same phone), {report.prospects_rejected} rejected"
-    )
-    write(
-        f"calls: {report.calls_created} created, {report.calls_existing} already here, "
-        f"{report.calls_duplicate} duplicates, {report.calls_rejected} rejected"
-    )
-    for merge in report.merges:
-        write(f"merged: {merge}")
-    for warning in report.warnings:
-        write(f"warning: {warning.position}: {warning.reason}")
-    for error in report.errors:
-        write(f"error: {error.position}: {error.reason}")
-    if report.dry_run:
-        write("dry run: nothing was written; the counts say what an import would do")

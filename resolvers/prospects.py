@@ -14,6 +14,7 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput, NotFound, database_errors
+from resolvers.limits import MAX_PRIORITY, MIN_PRIORITY
 from resolvers.phones import normalize_phone, phone_digits, phone_time_zones
 from sql.queries import QUERIES
 
@@ -109,9 +110,11 @@ async def check_time_zone(pool: asyncpg.Pool, time_zone: str | None) -> None:
 
 
 def check_priority(priority: int | None) -> None:
-    """BAD_USER_INPUT for priorities outside -1000..1000."""
-    if priority is not None and not -1000 <= priority <= 1000:
-        raise BadUserInput("priority must be between -1000 and 1000", field="priority")
+    """BAD_USER_INPUT for priorities outside MIN_PRIORITY..MAX_PRIORITY."""
+    if priority is not None and not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise BadUserInput(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}", field="priority"
+        )
 
 
 async def create_prospect(

@@ -664,12 +664,12 @@ async def test_held_back_counts_are_per_agent(api: Api, team: Team, pool: asyncp
 async def test_agents_share_one_read_of_the_held_back_counts(pool: asyncpg.Pool) -> None:
     """Reading the counts goes through every prospect: concurrent and repeated asks within
     the window share one read, and a later ask reads again."""
-    from resolvers.dialing import SharedHolds
+    from resolvers.dialing import HeldBackCache
 
     await pool.execute(
         "INSERT INTO prospects (name, phone, final_at) VALUES ('Closed', '+12125550100', now())"
     )
-    shared = SharedHolds(seconds=60)
+    shared = HeldBackCache(seconds=60)
     together = await asyncio.gather(*(shared.get(pool) for _ in range(10)))
     assert len({id(result) for result in together}) == 1
     assert together[0].counts["PROSPECT_CLOSED"] == 1
@@ -677,7 +677,7 @@ async def test_agents_share_one_read_of_the_held_back_counts(pool: asyncpg.Pool)
         "INSERT INTO prospects (name, phone, final_at) VALUES ('Closed 2', '+12125550101', now())"
     )
     assert await shared.get(pool) is together[0]  # within the window: the same read
-    fresh = SharedHolds(seconds=0)
+    fresh = HeldBackCache(seconds=0)
     assert (await fresh.get(pool)).counts["PROSPECT_CLOSED"] == 2
 
 
@@ -685,14 +685,14 @@ async def test_a_failed_read_of_the_held_back_counts_is_not_kept(
     database_url: str, pool: asyncpg.Pool
 ) -> None:
     """Every waiter sees the failure, and the next ask reads again."""
-    from resolvers.dialing import SharedHolds
+    from resolvers.dialing import HeldBackCache
     from sql import database
 
     gone = await database.create_pool(
         database_url, min_call_interval_seconds=300, min_size=1, max_size=1
     )
     await gone.close()
-    shared = SharedHolds(seconds=60)
+    shared = HeldBackCache(seconds=60)
     failures = await asyncio.gather(*(shared.get(gone) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(failure, asyncpg.InterfaceError) for failure in failures)
     assert (await shared.get(pool)).counts["PROSPECT_CLOSED"] == 0

@@ -19,7 +19,7 @@ import pytest
 from conftest import Api, Team, add_prospect
 from test_command_line import run
 
-from resolvers import archive, imports, mock_store
+from resolvers import archive, mock_store, prospect_imports
 from resolvers.bulk_phones import PhoneNormalizer
 from resolvers.errors import BadUserInput
 from resolvers.phones import normalize_phone, phone_time_zones
@@ -316,16 +316,18 @@ async def test_chunks_and_connections_count_like_one_merge(pool: asyncpg.Pool) -
 
     async def run_import(
         connections: int, dry_run: bool, batch_rows: int, mode: str = "update"
-    ) -> imports.ImportReport:
+    ) -> prospect_imports.ImportReport:
         held = [await pool.acquire() for _ in range(connections)]
         try:
-            options = imports.CsvImportOptions(mode=mode, dry_run=dry_run, batch_rows=batch_rows)
-            return await imports.import_csv(held, io.StringIO(text, newline=""), options)
+            options = prospect_imports.CsvImportOptions(
+                mode=mode, dry_run=dry_run, batch_rows=batch_rows
+            )
+            return await prospect_imports.import_csv(held, io.StringIO(text, newline=""), options)
         finally:
             for connection in held:
                 await pool.release(connection)
 
-    def summary(report: imports.ImportReport) -> tuple[Any, ...]:
+    def summary(report: prospect_imports.ImportReport) -> tuple[Any, ...]:
         return (
             report.inserted,
             report.updated,
@@ -360,12 +362,12 @@ async def test_a_list_imported_again_with_new_rows_adds_only_those(pool: asyncpg
     known = [f"+1212555{i:04d}" for i in range(600)]
     new = [f"+1312555{i:04d}" for i in range(150)]
 
-    async def run_import(phones: list[str], mode: str) -> imports.ImportReport:
+    async def run_import(phones: list[str], mode: str) -> prospect_imports.ImportReport:
         text = "name,phone,company\n" + "".join(f"P{p},{p},Again\n" for p in phones)
         held = [await pool.acquire() for _ in range(2)]
         try:
-            options = imports.CsvImportOptions(mode=mode, batch_rows=100)
-            return await imports.import_csv(held, io.StringIO(text), options)
+            options = prospect_imports.CsvImportOptions(mode=mode, batch_rows=100)
+            return await prospect_imports.import_csv(held, io.StringIO(text), options)
         finally:
             for connection in held:
                 await pool.release(connection)
@@ -384,7 +386,7 @@ async def test_a_list_imported_again_with_new_rows_adds_only_those(pool: asyncpg
 
 def test_import_ids_are_uuidv7_in_the_order_they_are_made() -> None:
     before = datetime.now(UTC)
-    ids = list(itertools.islice(imports.time_ordered_ids(), 5000))
+    ids = list(itertools.islice(prospect_imports.time_ordered_ids(), 5000))
     after = datetime.now(UTC)
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)  # byte order, as PostgreSQL sorts uuids
@@ -393,14 +395,14 @@ def test_import_ids_are_uuidv7_in_the_order_they_are_made() -> None:
         at = datetime.fromtimestamp(int.from_bytes(made.bytes[:6]) / 1000, UTC)
         assert before - timedelta(milliseconds=1) <= at <= after
     # Each import starts its counter at a random place.
-    assert next(imports.time_ordered_ids()).bytes[6:] != ids[0].bytes[6:]
+    assert next(prospect_imports.time_ordered_ids()).bytes[6:] != ids[0].bytes[6:]
 
 
 async def test_imported_prospects_carry_the_importers_ids(pool: asyncpg.Pool) -> None:
     text = "name,phone\n" + "".join(f"P{i},+1212555{i:04d}\n" for i in range(300))
     async with pool.acquire() as connection:
-        options = imports.CsvImportOptions(batch_rows=70)
-        report = await imports.import_csv([connection], io.StringIO(text), options)
+        options = prospect_imports.CsvImportOptions(batch_rows=70)
+        report = await prospect_imports.import_csv([connection], io.StringIO(text), options)
     assert report.inserted == 300
     rows = await pool.fetch("SELECT id FROM prospects ORDER BY phone")
     assert all(row["id"].version == 7 for row in rows)
@@ -413,8 +415,8 @@ async def test_imported_prospects_keep_every_zone_of_their_number(pool: asyncpg.
     phones = ["+12125550123", "+18005550199", "+79123456789", "+442079460958"]
     text = "name,phone\n" + "".join(f"P{i},{phone}\n" for i, phone in enumerate(phones))
     async with pool.acquire() as connection:
-        report = await imports.import_csv(
-            [connection], io.StringIO(text), imports.CsvImportOptions()
+        report = await prospect_imports.import_csv(
+            [connection], io.StringIO(text), prospect_imports.CsvImportOptions()
         )
     assert report.inserted == len(phones)
     stored = dict(await pool.fetch("SELECT phone, phone_time_zones FROM prospects"))
@@ -431,8 +433,8 @@ async def test_nul_bytes_in_a_file_are_row_errors(pool: asyncpg.Pool) -> None:
         "Fine,212-555-0104,,\n"
     )
     async with pool.acquire() as connection:
-        report = await imports.import_csv(
-            [connection], io.StringIO(text, newline=""), imports.CsvImportOptions()
+        report = await prospect_imports.import_csv(
+            [connection], io.StringIO(text, newline=""), prospect_imports.CsvImportOptions()
         )
     assert (report.inserted, report.errors) == (1, 3)
     assert [(e.row, e.field) for e in report.listed_errors] == [
