@@ -69,8 +69,7 @@ async def apply_migrations(url: str) -> list[str]:
 async def _with_pool(settings: Settings, url: str) -> asyncpg.Pool:
     return await database.create_pool(
         url,
-        min_call_interval_seconds=settings.min_call_interval_seconds,
-        active_call_timeout_seconds=settings.active_call_timeout_seconds,
+        session=settings.session,
         min_size=1,
         max_size=2,
     )
@@ -290,7 +289,7 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
         # One connection per job: each merges its share of the phones in parallel.
         pool = await database.create_pool(
             url,
-            min_call_interval_seconds=settings.min_call_interval_seconds,
+            session=settings.session,
             min_size=args.jobs,
             max_size=args.jobs,
         )

@@ -123,8 +123,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await database.create_pool(
             database_url,
-            min_call_interval_seconds=settings.min_call_interval_seconds,
-            active_call_timeout_seconds=settings.active_call_timeout_seconds,
+            session=settings.session,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             on_connect=on_connect,
@@ -132,7 +131,7 @@ def create_app(
         hub = Hub(pool, queue_size=settings.subscriber_queue_size)
         listener = Listener(database_url, hub, health_interval=settings.listener_health_seconds)
         app.state.pool, app.state.hub, app.state.listener = pool, hub, listener
-        app.state.held_back = HeldBackCache(settings.queue_holds_cache_seconds)
+        app.state.held_back = HeldBackCache(settings.held_back_cache_seconds)
         tasks = [
             asyncio.create_task(listener.run(), name="call-event-listener"),
             asyncio.create_task(sweep(pool, settings.stale_call_sweep_seconds), name="sweep"),

@@ -9,6 +9,8 @@ from urllib.parse import quote
 
 from dotenv import load_dotenv
 
+from sql.database import SessionSettings
+
 PROJECT_ROOT = Path(__file__).resolve().parent
 # The re-call gap; min_call_interval() in SQL falls back to the same when a connection has
 # no app.min_call_interval_seconds (psql, a hand-written job). tests/test_limits.py checks.
@@ -16,6 +18,9 @@ DEFAULT_MIN_CALL_INTERVAL_SECONDS = 300
 # A call's lease; active_call_timeout() in SQL falls back to the same without
 # app.active_call_timeout_seconds. tests/test_limits.py checks.
 DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS = 3600
+# How far ahead a callback may be scheduled; callback_max_ahead() in SQL falls back to the
+# same without app.callback_max_days.
+DEFAULT_CALLBACK_MAX_DAYS = 90
 # The GraphQL document limits: the server's, and create_schema()'s defaults.
 DEFAULT_MAX_QUERY_DEPTH = 8
 DEFAULT_MAX_ALIASES = 30
@@ -68,7 +73,8 @@ class Settings:
     graphiql: bool = True
     active_call_timeout_seconds: int = DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS
     stale_call_sweep_seconds: float = 15.0
-    queue_holds_cache_seconds: float = 5.0
+    callback_max_days: int = DEFAULT_CALLBACK_MAX_DAYS
+    held_back_cache_seconds: float = 5.0
     subscriber_queue_size: int = 256
     max_subscriptions_per_connection: int = 10
     listener_health_seconds: float = 2.0
@@ -104,7 +110,8 @@ class Settings:
                 "ACTIVE_CALL_TIMEOUT_SECONDS", DEFAULT_ACTIVE_CALL_TIMEOUT_SECONDS
             ),
             stale_call_sweep_seconds=_float("STALE_CALL_SWEEP_SECONDS", 15.0),
-            queue_holds_cache_seconds=_float("QUEUE_HOLDS_CACHE_SECONDS", 5.0),
+            callback_max_days=_int("CALLBACK_MAX_DAYS", DEFAULT_CALLBACK_MAX_DAYS),
+            held_back_cache_seconds=_float("HELD_BACK_CACHE_SECONDS", 5.0),
             subscriber_queue_size=_int("SUBSCRIBER_QUEUE_SIZE", 256),
             max_subscriptions_per_connection=_int("MAX_SUBSCRIPTIONS_PER_CONNECTION", 10),
             listener_health_seconds=_float("LISTENER_HEALTH_SECONDS", 2.0),
@@ -117,4 +124,13 @@ class Settings:
                 for origin in os.environ.get("ALLOWED_ORIGINS", "").split(",")
                 if origin.strip()
             ),
+        )
+
+    @property
+    def session(self) -> SessionSettings:
+        """What the server's database connections start with."""
+        return SessionSettings(
+            min_call_interval_seconds=self.min_call_interval_seconds,
+            active_call_timeout_seconds=self.active_call_timeout_seconds,
+            callback_max_days=self.callback_max_days,
         )

@@ -124,7 +124,9 @@ async def seed(url: str, prospect_count: int, agent_count: int) -> Seeded:
     await common.migrate_database(url, common.OPEN_CALLING_HOURS, common.LIFT_ATTEMPT_CAPS)
 
     rng = random.Random(5)
-    pool = await database.create_pool(url, min_call_interval_seconds=0, min_size=1, max_size=4)
+    pool = await database.create_pool(
+        url, session=database.SessionSettings(min_call_interval_seconds=0), min_size=1, max_size=4
+    )
     try:
         manager = await common.create_bench_user(
             pool, "manager@bench.test", "Bench Manager", "manager"
@@ -384,7 +386,10 @@ async def measure(
     readers = [seeded.agents[index % len(seeded.agents)] for index in range(options.clients)]
 
     pool = await database.create_pool(
-        url, min_call_interval_seconds=0, min_size=2, max_size=options.pool_size
+        url,
+        session=database.SessionSettings(min_call_interval_seconds=0),
+        min_size=2,
+        max_size=options.pool_size,
     )
     clients: list[httpx.AsyncClient] = []
     try:

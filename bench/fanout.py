@@ -238,7 +238,9 @@ class Team:
 async def seed(url: str, prospect_count: int) -> Team:
     """Migrate; create a manager, an agent and prospect_count prospects."""
     await common.migrate_database(url)
-    pool = await database.create_pool(url, min_call_interval_seconds=0, min_size=1, max_size=2)
+    pool = await database.create_pool(
+        url, session=database.SessionSettings(min_call_interval_seconds=0), min_size=1, max_size=2
+    )
     try:
         manager = await common.create_bench_user(
             pool, "wallboard@bench.test", "Wallboard", "manager"
@@ -514,7 +516,9 @@ async def measure(options: Options, url: str, team: Team, count: int, log_path: 
     port = common.free_port()
     base_url = f"http://127.0.0.1:{port}"
     ws_url = f"ws://127.0.0.1:{port}/graphql"
-    pool = await database.create_pool(url, min_call_interval_seconds=0, min_size=1, max_size=2)
+    pool = await database.create_pool(
+        url, session=database.SessionSettings(min_call_interval_seconds=0), min_size=1, max_size=2
+    )
     stream = CallStream(pool, team.agent_id)
     subscribers: list[Subscriber] = []
     finished = False

@@ -975,7 +975,9 @@ async def measure_phase(
                     await client.aclose()
             pool = await database.create_pool(
                 url,
-                min_call_interval_seconds=MIN_CALL_INTERVAL_SECONDS,
+                session=database.SessionSettings(
+                    min_call_interval_seconds=MIN_CALL_INTERVAL_SECONDS
+                ),
                 min_size=concurrency,
                 max_size=concurrency,
             )
@@ -1128,7 +1130,10 @@ async def probe_next_lead(connection: asyncpg.Connection, agent: UUID, when: str
 async def plans_connection(url: str, prospect: UUID, agent: UUID) -> asyncpg.Connection:
     """A connection with the server's settings, its PL/pgSQL already compiled."""
     connection = await asyncpg.connect(
-        url, server_settings=database.server_settings(MIN_CALL_INTERVAL_SECONDS)
+        url,
+        server_settings=database.SessionSettings(
+            min_call_interval_seconds=MIN_CALL_INTERVAL_SECONDS
+        ).server_settings(),
     )
     await connection.fetch("SELECT * FROM call_eligibility($1, $2)", prospect, agent)
     return connection

@@ -337,7 +337,9 @@ async def explain(pool: asyncpg.Pool, title: str, sql: str, *args: Any) -> str:
 
 
 async def measure(url: str, options: Options) -> tuple[list[Timing], list[str], dict[str, Any]]:
-    pool = await database.create_pool(url, min_call_interval_seconds=300, min_size=1, max_size=4)
+    pool = await database.create_pool(
+        url, session=database.SessionSettings(min_call_interval_seconds=300), min_size=1, max_size=4
+    )
     timings: list[Timing] = []
     plans: list[str] = []
     extra: dict[str, Any] = {}

@@ -49,7 +49,7 @@ class NextLeadPayload:
     held_back: list[HeldBack] = strawberry.field(
         description=(
             "When nothing is callable: what holds the open prospects back. Shared between "
-            "agents for up to QUEUE_HOLDS_CACHE_SECONDS (5 s), so a few seconds old at most."
+            "agents for up to HELD_BACK_CACHE_SECONDS (5 s), so a few seconds old at most."
         )
     )
 

@@ -91,9 +91,7 @@ async def next_lead(pool: asyncpg.Pool, actor: Actor, held_back: HeldBackCache) 
     if call is not None:
         return NextLead(call=call, held_back=[])
     shared = await held_back.get(pool)
-    own = {
-        r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["held_back_own"], actor.id)
-    }
+    own = {r["code"]: r["prospects"] for r in await pool.fetch(QUERIES["held_back_own"], actor.id)}
     held = [HeldBack(code, count - own.get(code, 0)) for code, count in shared.counts.items()]
     held.sort(key=lambda h: (-h.prospects, h.code))
     return NextLead(call=None, held_back=held)

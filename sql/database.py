@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -56,16 +57,21 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + quote(name)))
 
 
-def server_settings(
-    min_call_interval_seconds: int, active_call_timeout_seconds: int = 3600
-) -> dict[str, str]:
-    """Session settings every connection starts with; the SQL functions read the app.* ones."""
-    return {
-        "application_name": "callfloor",
-        "timezone": "UTC",
-        "app.min_call_interval_seconds": str(min_call_interval_seconds),
-        "app.active_call_timeout_seconds": str(active_call_timeout_seconds),
-    }
+@dataclass(frozen=True)
+class SessionSettings:
+    """The app.* settings every connection starts with, which the SQL functions read; one
+    left None falls back to the SQL function's own default (sql/functions)."""
+
+    min_call_interval_seconds: int | None = None
+    active_call_timeout_seconds: int | None = None
+    callback_max_days: int | None = None
+
+    def server_settings(self) -> dict[str, str]:
+        """asyncpg's server_settings for a connection."""
+        given = {
+            f"app.{name}": str(value) for name, value in asdict(self).items() if value is not None
+        }
+        return {"application_name": "callfloor", "timezone": "UTC", **given}
 
 
 class PooledConnection(asyncpg.Connection):
@@ -92,8 +98,7 @@ async def init_connection(connection: asyncpg.Connection) -> None:
 async def create_pool(
     url: str,
     *,
-    min_call_interval_seconds: int,
-    active_call_timeout_seconds: int = 3600,
+    session: SessionSettings,
     min_size: int = 2,
     max_size: int = 20,
     on_connect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
@@ -111,7 +116,7 @@ async def create_pool(
         max_size=max_size,
         init=init,
         connection_class=PooledConnection,
-        server_settings=server_settings(min_call_interval_seconds, active_call_timeout_seconds),
+        server_settings=session.server_settings(),
         # Fail fast while the database is unreachable; the caller answers SERVICE_UNAVAILABLE.
         timeout=5,
     )

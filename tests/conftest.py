@@ -103,7 +103,7 @@ def settings(database_url: str) -> Settings:
         pool_min_size=1,
         pool_max_size=10,
         graphiql=True,
-        queue_holds_cache_seconds=0,
+        held_back_cache_seconds=0,
     )
 
 
@@ -111,7 +111,10 @@ def settings(database_url: str) -> Settings:
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A direct pool for arranging data and checking what landed in the database."""
     test_pool = await database.create_pool(
-        database_url, min_call_interval_seconds=300, min_size=1, max_size=5
+        database_url,
+        session=database.SessionSettings(min_call_interval_seconds=300),
+        min_size=1,
+        max_size=5,
     )
     yield test_pool
     await test_pool.close()

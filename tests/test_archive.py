@@ -268,7 +268,10 @@ _phones = itertools.count(3000)
 async def archiver_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool like the server's with a zero gap, so a call may move the moment it ends."""
     test_pool = await database.create_pool(
-        database_url, min_call_interval_seconds=0, min_size=1, max_size=3
+        database_url,
+        session=database.SessionSettings(min_call_interval_seconds=0),
+        min_size=1,
+        max_size=3,
     )
     yield test_pool
     await test_pool.close()

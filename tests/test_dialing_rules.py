@@ -689,7 +689,10 @@ async def test_a_failed_read_of_the_held_back_counts_is_not_kept(
     from sql import database
 
     gone = await database.create_pool(
-        database_url, min_call_interval_seconds=300, min_size=1, max_size=1
+        database_url,
+        session=database.SessionSettings(min_call_interval_seconds=300),
+        min_size=1,
+        max_size=1,
     )
     await gone.close()
     shared = HeldBackCache(seconds=60)
