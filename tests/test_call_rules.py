@@ -3,50 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_prospect, add_user, running_server
+from helpers import (
+    END_CALL,
+    START_CALL,
+    Api,
+    Team,
+    add_prospect,
+    add_user,
+    end,
+    next_phone,
+    running_server,
+    start,
+)
 
 from settings import Settings
 
-START_CALL = """
-mutation($p: ID!) { startCall(prospectId: $p) { activeCallId callLogId activeCall { callerId } } }
-"""
-END_CALL = """
-mutation($p: ID!, $c: ID!, $o: String!, $d: Int) {
-  endCall(prospectId: $p, callLogId: $c, outcome: $o, duration: $d) {
-    id outcome duration endedAt callerId
-  }
-}
-"""
 CAN_CALL = """
 query($p: ID!) { canCall(prospectId: $p) { allowed reason code lastCallTime lastCallerId } }
 """
-
-_phones = itertools.count(2000)
-
-
-def next_phone() -> str:
-    """A fresh valid US number for each prospect a test makes."""
-    return f"+1 212 555 {next(_phones) % 10000:04d}"
-
-
-async def start(api: Api, token: str, prospect_id: str) -> dict[str, Any]:
-    data = await api.data(START_CALL, {"p": prospect_id}, token)
-    result: dict[str, Any] = data["startCall"]
-    return result
-
-
-async def end(
-    api: Api, token: str, prospect_id: str, call_log_id: str, outcome: str = "No Answer"
-) -> dict[str, Any]:
-    data = await api.data(END_CALL, {"p": prospect_id, "c": call_log_id, "o": outcome}, token)
-    result: dict[str, Any] = data["endCall"]
-    return result
 
 
 async def test_start_and_end_a_call(api: Api, team: Team, pool: asyncpg.Pool) -> None:

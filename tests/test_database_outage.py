@@ -14,9 +14,15 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from conftest import Api, add_prospect, add_user, running_server
-from test_call_rules import next_phone, start
-from test_live_events import subscribe
+from helpers import (
+    Api,
+    add_prospect,
+    add_user,
+    next_phone,
+    running_server,
+    start,
+    subscribe,
+)
 
 from settings import Settings
 

@@ -16,15 +16,13 @@ from uuid import UUID
 import asyncpg
 import bcrypt
 import pytest
-from conftest import Api, Team, add_prospect
-from test_command_line import run
+from helpers import ROOT, Api, Team, add_prospect, run, table_rows
 
 from resolvers import archive, imports, mock_store
 from resolvers.bulk_phones import PhoneNormalizer
 from resolvers.errors import BadUserInput
 from resolvers.phones import normalize_phone, phone_time_zones
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 
 IMPORT = """
@@ -39,15 +37,13 @@ mutation($csv: String!, $mode: ImportMode! = SKIP, $dryRun: Boolean! = false,
 }
 """
 
+# The tables an import may touch, to compare before and after.
 TABLES = ("users", "prospects", "call_logs", "prospect_status_log", "lead_assignments")
 
 
 async def snapshot(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the tables an import may touch, to compare before and after."""
-    return {
-        table: [dict(r) for r in await pool.fetch(f"SELECT * FROM {table} ORDER BY id")]
-        for table in TABLES
-    }
+    """Every row of the tables an import may touch."""
+    return await table_rows(pool, TABLES)
 
 
 async def import_csv(api: Api, token: str, text: str, **variables: Any) -> dict[str, Any]:
@@ -616,11 +612,6 @@ async def test_mock_store_shapes(pool: asyncpg.Pool) -> None:
 
 # ---------------------------------------------------------------------------------------
 # The command line, as real processes on the test database.
-
-
-@pytest.fixture
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(tmp_path_factory.mktemp("imports"))
 
 
 def test_import_csv_command(data_dir: Path, database_url: str, tmp_path: Path) -> None:

@@ -4,67 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 import websockets
-from conftest import Api, Team, add_prospect, add_user, running_server
-from gql import Client, GraphQLRequest
-from gql.transport.websockets import WebsocketsTransport
-from test_call_rules import START_CALL, end, next_phone, start
+from helpers import (
+    EVENTS,
+    START_CALL,
+    Api,
+    Team,
+    add_prospect,
+    add_user,
+    end,
+    next_phone,
+    running_server,
+    start,
+    subscribe,
+)
 
 from resolvers.events import CallEvent, Hub
 from settings import Settings
-
-EVENTS = """
-subscription($agent: ID) {
-  activeCallEvents(agentId: $agent) {
-    type seq outcome
-    activeCall { id callLogId prospectId callerId prospectName callerName phoneNumber startedAt }
-    activeCalls { id callLogId callerId prospectId prospectName }
-  }
-}
-"""
-
-
-class Stream:
-    """A live subscription read one event at a time, with a timeout."""
-
-    def __init__(self, iterator: AsyncIterator[dict[str, Any]]) -> None:
-        self.iterator = iterator
-
-    async def next(self, within: float = 10) -> dict[str, Any]:
-        result = await asyncio.wait_for(self.iterator.__anext__(), within)
-        event: dict[str, Any] = result["activeCallEvents"]
-        return event
-
-    async def next_of(self, kind: str, within: float = 10) -> dict[str, Any]:
-        """Skip to the next event of a type (e.g. past a resync's SNAPSHOT)."""
-        while True:
-            event = await self.next(within)
-            if event["type"] == kind:
-                return event
-
-
-@asynccontextmanager
-async def subscribe(api: Api, token: str, agent: str | None = None) -> AsyncIterator[Stream]:
-    """Subscribe with gql's graphql-transport-ws client, a real third-party client."""
-    transport = WebsocketsTransport(
-        url=api.base_url.replace("http", "ws") + "/graphql",
-        init_payload={"token": token},
-        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
-    )
-    async with Client(transport=transport) as session:
-        request = GraphQLRequest(EVENTS, variable_values={"agent": agent})
-        iterator = session.subscribe(request)
-        try:
-            yield Stream(iterator)
-        finally:
-            await iterator.aclose()
 
 
 async def test_snapshot_then_deltas_in_commit_order(api: Api, team: Team) -> None:
@@ -223,14 +186,10 @@ async def drain(socket: Any) -> None:
 
 
 def uuid_of(number: int) -> Any:
-    import uuid
-
     return uuid.UUID(int=number)
 
 
 def fake_event(seq: int) -> CallEvent:
-    from datetime import UTC, datetime
-
     call = {"caller_id": str(uuid_of(9)), "id": str(uuid_of(seq))}
     return CallEvent("STARTED", seq, datetime.now(UTC), active_call=call)
 

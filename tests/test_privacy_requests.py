@@ -11,7 +11,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_prospect
+from helpers import Api, Team, add_prospect
 
 from resolvers import archive, reports
 

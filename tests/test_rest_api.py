@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from conftest import PASSWORD, Api, Team, add_prospect
+from helpers import PASSWORD, Api, Team, add_prospect, bearer
 
 RECENTLY_CALLED = "Prospect was called recently (within 5 minutes)"
 IN_ANOTHER_CALL = "Prospect is currently on another call"
@@ -18,11 +18,6 @@ mutation($id: ID!, $status: String!) { updateProspect(id: $id, input: {status: $
 ASSIGN = """
 mutation($id: ID!, $agent: ID!) { assignLead(prospectId: $id, agentId: $agent) { id } }
 """
-
-
-def bearer(token: str) -> dict[str, str]:
-    """An Authorization header for a token."""
-    return {"authorization": f"Bearer {token}"}
 
 
 async def start(

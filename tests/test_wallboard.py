@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-from conftest import Api, add_prospect, add_user, running_server
-from test_call_rules import end, next_phone, start
+from helpers import (
+    PASSWORD,
+    Api,
+    add_prospect,
+    add_user,
+    end,
+    free_port,
+    next_phone,
+    running_server,
+    start,
+)
 
 from settings import Settings
 
@@ -41,13 +49,6 @@ async def page() -> AsyncIterator[Any]:
             await browser.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def sign_in(page: Any, api: Api, email: str, password: str) -> None:
     await page.goto(api.base_url + "/wallboard")
     await page.fill("#email", email)
@@ -64,7 +65,7 @@ async def test_calls_appear_and_disappear_live(
         agent = await add_user(pool, api, "wall@test.example", "agent")
         await add_user(pool, api, "boss@test.example", "manager")
         prospect = await add_prospect(api, agent["token"], next_phone(), name="Wally Prospect")
-        await sign_in(page, api, "boss@test.example", "correct horse battery")
+        await sign_in(page, api, "boss@test.example", PASSWORD)
         assert await page.text_content("#count") == "0 calls"
 
         call = await start(api, agent["token"], prospect["id"])
