@@ -286,6 +286,28 @@ async def end(
     return result
 
 
+async def assert_in_call(
+    pool: asyncpg.Pool, started: dict[str, Any], prospect_id: str, caller_id: str
+) -> None:
+    """The call startCall answered is the prospect's one active call, by that caller, with
+    an open call log: the call really started, as who the test says."""
+    active = await pool.fetch(
+        "SELECT id::text, call_log_id::text, caller_id::text FROM active_calls"
+        " WHERE prospect_id = $1",
+        prospect_id,
+    )
+    assert [dict(row) for row in active] == [
+        {"id": started["activeCallId"], "call_log_id": started["callLogId"], "caller_id": caller_id}
+    ]
+    log = await pool.fetchrow(
+        "SELECT prospect_id::text, caller_id::text, ended_at FROM call_logs WHERE id = $1",
+        started["callLogId"],
+    )
+    assert log is not None, "startCall answered a call log that is not in the database"
+    assert dict(log) == {"prospect_id": prospect_id, "caller_id": caller_id, "ended_at": None}
+    assert started["activeCall"]["callerId"] == caller_id
+
+
 # ---------------------------------------------------------------------------------------
 # Live events: activeCallEvents over graphql-transport-ws.
 

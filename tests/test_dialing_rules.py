@@ -15,6 +15,7 @@ from helpers import (
     Team,
     add_prospect,
     add_user,
+    assert_in_call,
     end,
     next_phone,
     start,
@@ -129,7 +130,8 @@ async def test_do_not_call_blocks_every_path_and_a_disposition_adds_to_it(
         "SELECT removed_by, removal_reason FROM do_not_call WHERE phone = '+12125550777'"
     )
     assert (str(row["removed_by"]), row["removal_reason"]) == (team.manager["id"], "consented")
-    await start(api, team.agent["token"], listed["id"])
+    started = await start(api, team.agent["token"], listed["id"])
+    await assert_in_call(pool, started, listed["id"], team.agent["id"])
 
 
 async def test_outside_calling_hours_with_the_next_opening(
@@ -432,8 +434,11 @@ async def test_rolling_cap_per_number(api: Api, team: Team, pool: asyncpg.Pool) 
     assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
         "MAX_ATTEMPTS_REACHED"
     )
+    assert await pool.fetchval("SELECT count(*) FROM call_logs") == 2  # refused: none logged
     await pool.execute("UPDATE call_logs SET started_at = started_at - interval '13 hours'")
-    await start(api, team.agent["token"], prospect["id"])  # the older one left the window
+    # The older call left the 24-hour window: a third may start.
+    third = await start(api, team.agent["token"], prospect["id"])
+    await assert_in_call(pool, third, prospect["id"], team.agent["id"])
 
 
 async def test_final_and_recycled_prospects_leave_the_queue_but_not_manual_dial(
@@ -772,8 +777,10 @@ async def test_a_do_not_call_entry_may_expire(api: Api, team: Team, pool: asyncp
     assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
         "DO_NOT_CALL"
     )
+    assert await pool.fetchval("SELECT count(*) FROM call_logs") == 0
     await pool.execute("UPDATE do_not_call SET expires_at = now() - interval '1 second'")
-    await start(api, team.agent["token"], prospect["id"])
+    started = await start(api, team.agent["token"], prospect["id"])
+    await assert_in_call(pool, started, prospect["id"], team.agent["id"])
 
 
 async def test_agents_cannot_manage_the_rules(api: Api, team: Team) -> None:

@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 import bcrypt
 import pytest
-from helpers import ROOT, Api, Team, add_prospect, run, table_rows
+from helpers import ROOT, Api, Team, add_prospect, query_database, run, table_rows
 
 from resolvers import archive, imports, mock_store
 from resolvers.bulk_phones import PhoneNormalizer
@@ -291,13 +291,14 @@ async def test_unusable_csv_is_refused_whole(
     assert await pool.fetchval("SELECT count(*) FROM prospects") == 0
 
 
-async def test_unknown_mapped_column_is_refused(api: Api, team: Team) -> None:
+async def test_unknown_mapped_column_is_refused(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     code = await api.error_code(
         IMPORT,
         {"csv": "name,phone\nPat,212-555-0123\n", "columns": {"phone": "Cell"}},
         team.manager["token"],
     )
     assert code == "BAD_USER_INPUT"
+    assert await pool.fetchval("SELECT count(*) FROM prospects") == 0
 
 
 async def test_chunks_and_connections_count_like_one_merge(pool: asyncpg.Pool) -> None:
@@ -656,6 +657,8 @@ def test_import_csv_command(data_dir: Path, database_url: str, tmp_path: Path) -
         data_dir, "import-csv", str(latin), "--encoding", "latin-1", DATABASE_URL=database_url
     )
     assert accepted.returncode == 0, accepted.stderr
+    rows = query_database(database_url, "SELECT name FROM prospects WHERE phone = '+12125550111'")
+    assert [row["name"] for row in rows] == ["José"]
 
 
 def test_import_mock_command(data_dir: Path, database_url: str, tmp_path: Path) -> None:
@@ -684,3 +687,10 @@ def test_import_mock_command(data_dir: Path, database_url: str, tmp_path: Path) 
     not_json = tmp_path / "store.json"
     not_json.write_text("{users: []}")
     assert run(data_dir, "import-mock", str(not_json), DATABASE_URL=database_url).returncode == 2
+    # The refused files wrote nothing: what is there is the first import's.
+    counts = query_database(
+        database_url,
+        "SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM prospects)"
+        " AS prospects, (SELECT count(*) FROM call_logs) AS calls",
+    )
+    assert dict(counts[0]) == {"users": 3, "prospects": 2, "calls": 3}

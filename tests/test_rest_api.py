@@ -248,7 +248,15 @@ async def test_a_lead_assigned_to_another_agent_is_409(
         f"/api/prospects/{prospect['id']}/can-call", headers=bearer(first["token"])
     )
     assert can_call.json()["allowed"] is False
-    assert (await start(api, second["token"], prospect["id"])).status_code == 201
+    ids = await started_call(api, second["token"], prospect["id"])
+    active = await pool.fetchrow(
+        "SELECT id::text, call_log_id::text, caller_id::text FROM active_calls"
+    )
+    assert dict(active) == {
+        "id": ids["activeCallId"],
+        "call_log_id": ids["callLogId"],
+        "caller_id": second["id"],
+    }
 
 
 # -- end-call -------------------------------------------------------------------------------

@@ -90,7 +90,11 @@ async def test_calls_appear_and_disappear_live(
         call = await start(api, token, second["id"])
         # Back by itself, with what happened meanwhile.
         await page.wait_for_selector("#status[data-state=live]", timeout=20_000)
-        await page.wait_for_selector(f"tr[data-call-log-id='{call['callLogId']}']", timeout=5_000)
+        row = f"tr[data-call-log-id='{call['callLogId']}']"
+        await page.wait_for_selector(row, timeout=5_000)
+        cells = await page.locator(f"{row} td").all_text_contents()
+        assert cells[:3] == ["wall", "During Outage", second["phone"]]
+        assert await page.text_content("#count") == "1 call"
 
 
 async def test_bad_password_shows_an_error(page: Any, api: Api) -> None:
