@@ -285,7 +285,7 @@ async def test_archiving_beside_calls_being_started_and_ended(
                     continue
                 call = body["data"]["startCall"]["callLogId"]
                 started.append(call)
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a yield, so the archiver runs between calls
                 if round_number == ROUNDS - 1:
                     still_active[call] = prospect  # left on the board
                     continue

@@ -254,7 +254,7 @@ async def test_fifty_agents_racing_exactly_one_wins(settings: Settings, pool: as
                 return await api.graphql(START_CALL, {"p": prospect_id}, agent["token"])
 
             tasks = [asyncio.create_task(race(agent)) for agent in agents]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield: every racer reaches the barrier first
             barrier.set()
             results = await asyncio.gather(*tasks)
             winners = [r for r in results if not r.get("errors")]

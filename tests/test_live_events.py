@@ -24,10 +24,13 @@ from helpers import (
     running_server,
     start,
     subscribe,
+    wait_until,
 )
 
 from resolvers.events import CallEvent, Hub
 from settings import Settings
+
+HEARTBEAT = "mutation($c: ID!) { heartbeatCall(callLogId: $c) { leaseExpiresAt } }"
 
 
 async def test_snapshot_then_deltas_in_commit_order(api: Api, team: Team) -> None:
@@ -225,25 +228,43 @@ async def test_listener_loss_reconnects_and_resyncs(
 async def test_stale_calls_expire_and_heartbeats_keep_them(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
-    quick = replace(settings, active_call_timeout_seconds=1, stale_call_sweep_seconds=0.2)
-    async with running_server(quick) as api:
+    """Time is moved in the database, not waited for: each round takes 40 s off every
+    one-minute lease. The call that heartbeats after each round outlives twice its lease;
+    the other lapses in the second round and the sweep expires it."""
+    leased = replace(settings, active_call_timeout_seconds=60, stale_call_sweep_seconds=0.05)
+    async with running_server(leased) as api:
         agent = await add_user(pool, api, "stale@test.example", "agent")
         kept = await add_prospect(api, agent["token"], next_phone(), name="Kept")
         lost = await add_prospect(api, agent["token"], next_phone(), name="Lost")
+
+        async def lease_of(call: dict[str, Any]) -> datetime | None:
+            lease: datetime | None = await pool.fetchval(
+                "SELECT lease_expires_at FROM active_calls WHERE call_log_id = $1",
+                call["callLogId"],
+            )
+            return lease
+
         async with subscribe(api, agent["token"]) as stream:
             await stream.next()
             kept_call = await start(api, agent["token"], kept["id"])
             lost_call = await start(api, agent["token"], lost["id"])
-            for _ in range(6):
-                await asyncio.sleep(0.3)
-                await api.data(
-                    "mutation($c: ID!) { heartbeatCall(callLogId: $c) { leaseExpiresAt } }",
-                    {"c": kept_call["callLogId"]},
-                    agent["token"],
+            for _ in range(3):
+                await pool.execute(
+                    "UPDATE active_calls SET lease_expires_at = lease_expires_at"
+                    " - interval '40 seconds'"
                 )
+                beat = await api.data(HEARTBEAT, {"c": kept_call["callLogId"]}, agent["token"])
+                # A full minute again from now, whatever the rounds took off.
+                lease = await lease_of(kept_call)
+                assert lease is not None, "the heartbeating call was expired"
+                assert datetime.fromisoformat(beat["heartbeatCall"]["leaseExpiresAt"]) == lease
+                assert lease > await pool.fetchval("SELECT now() + interval '50 seconds'")
             expired = await stream.next_of("EXPIRED")
             assert expired["activeCall"]["callLogId"] == lost_call["callLogId"]
             assert expired["outcome"] == "Expired"
+            assert await lease_of(lost_call) is None
+        # 120 s off a 60 s lease, and the heartbeats kept it: still active, not ended.
+        assert await lease_of(kept_call) is not None
         outcomes = dict(await pool.fetch("SELECT id::text, outcome FROM call_logs"))
         assert outcomes == {kept_call["callLogId"]: None, lost_call["callLogId"]: "Expired"}
         status = await pool.fetchval("SELECT status FROM prospects WHERE id = $1", lost["id"])
@@ -325,11 +346,9 @@ async def test_a_dead_client_is_found_by_pings_and_freed(
             assert len(hub.subscribers) == 1
             # The client freezes (a closed laptop): it stops reading, so it answers no pings.
             socket.transport.pause_reading()
-            for _ in range(50):
-                if not hub.subscribers:
-                    break
-                await asyncio.sleep(0.1)
-            assert not hub.subscribers, "the dead client's subscription was never freed"
+            await wait_until(
+                lambda: not hub.subscribers, 10, "the dead client's subscription was never freed"
+            )
 
 
 async def test_many_subscribers_of_one_event_all_receive_it(api: Api, team: Team) -> None:
