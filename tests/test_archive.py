@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,34 +14,19 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_user, running_server
+from helpers import Api, Team, add_user, run, running_server
 
 from resolvers import archive, reports
 from settings import Settings
 from sql import database
 
-ROOT = Path(__file__).resolve().parent.parent
 OLD = datetime.now(UTC) - timedelta(days=400)  # older than the default 365 days
 RECENT = datetime.now(UTC) - timedelta(days=30)
 
 
 def run_archive(database_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`server.py archive ...` as an operator runs it, against the test database."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "DB_", "TEST_DATABASE_URL"))
-    }
-    env.update(DATABASE_URL=database_url, DATA_DIR=str(tmp_path))
-    return subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), "archive", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    return run(tmp_path, "archive", *args, DATABASE_URL=database_url)
 
 
 async def add_prospect_row(pool: asyncpg.Pool, name: str, phone: str) -> UUID:
@@ -305,7 +288,7 @@ async def test_archiving_beside_calls_being_started_and_ended(
                     continue
                 call = body["data"]["startCall"]["callLogId"]
                 started.append(call)
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a yield, so the archiver runs between calls
                 if round_number == ROUNDS - 1:
                     still_active[call] = prospect  # left on the board
                     continue

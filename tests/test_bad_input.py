@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_prospect
+from helpers import Api, Team, add_prospect, start, table_rows
 
 from settings import Settings
 
@@ -56,6 +56,7 @@ MALFORMED_IDS = [
     "x" * 5000,
 ]
 
+# The tables a request could write, to prove a refusal wrote nothing.
 TABLES = (
     "users",
     "sessions",
@@ -68,12 +69,8 @@ TABLES = (
 
 
 async def snapshot(pool: asyncpg.Pool) -> dict[str, Any]:
-    """Every row of the tables a request could write, to prove a refusal wrote nothing."""
-    state: dict[str, Any] = {}
-    for table in TABLES:
-        rows = await pool.fetch(f"SELECT * FROM {table} ORDER BY 1")
-        state[table] = [dict(row) for row in rows]
-    return state
+    """Every row of the tables a request could write."""
+    return await table_rows(pool, TABLES)
 
 
 def only_error(body: dict[str, Any]) -> dict[str, Any]:
@@ -93,13 +90,6 @@ async def refused(
     error = only_error(body)
     assert not any((body.get("data") or {}).values()), body
     return error
-
-
-async def start_call(api: Api, token: str, prospect_id: str) -> dict[str, Any]:
-    """Start a call; returns {activeCallId, callLogId}."""
-    data = await api.data(START, {"id": prospect_id}, token)
-    started: dict[str, Any] = data["startCall"]
-    return started
 
 
 async def assert_call_untouched(pool: asyncpg.Pool, started: dict[str, Any]) -> None:
@@ -153,7 +143,7 @@ async def test_malformed_ids_are_bad_user_input_naming_the_argument(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
     prospect = await add_prospect(api, team.agent["token"])
-    started = await start_call(api, team.agent["token"], prospect["id"])
+    started = await start(api, team.agent["token"], prospect["id"])
     before = await snapshot(pool)
     for bad_id in MALFORMED_IDS:
         for query, variables, who, field in malformed_id_cases(
@@ -208,7 +198,7 @@ async def test_unknown_records_are_not_found_and_write_nothing(
 ) -> None:
     token, manager = team.agent["token"], team.manager["token"]
     prospect = await add_prospect(api, token)
-    started = await start_call(api, token, prospect["id"])
+    started = await start(api, token, prospect["id"])
     before = await snapshot(pool)
     unknown = str(uuid.uuid4())
     cases: list[tuple[str, dict[str, Any], str]] = [
@@ -236,7 +226,7 @@ async def test_a_call_log_of_another_prospect_is_not_found(
     token = team.agent["token"]
     first = await add_prospect(api, token, "(212) 555-0101")
     second = await add_prospect(api, token, "(212) 555-0102")
-    started = await start_call(api, token, first["id"])
+    started = await start(api, token, first["id"])
     variables = {"id": second["id"], "log": started["callLogId"], "outcome": "Connected"}
     error = await refused(api, END, variables, token)
     assert error["extensions"]["code"] == "NOT_FOUND"
@@ -347,7 +337,7 @@ async def test_bad_end_call_values_leave_the_call_active(
 ) -> None:
     token = team.agent["token"]
     prospect = await add_prospect(api, token)
-    started = await start_call(api, token, prospect["id"])
+    started = await start(api, token, prospect["id"])
     before = await snapshot(pool)
     variables = {"id": prospect["id"], "log": started["callLogId"], "outcome": "Connected"}
     for changes, field in BAD_END_CALL_VALUES:
@@ -365,7 +355,7 @@ async def test_absurd_durations_are_bad_input_not_a_crash(
 ) -> None:
     token = team.agent["token"]
     prospect = await add_prospect(api, token)
-    started = await start_call(api, token, prospect["id"])
+    started = await start(api, token, prospect["id"])
     variables = {"id": prospect["id"], "log": started["callLogId"], "outcome": "Connected"}
     inline_end = END.replace(", $duration: Int", "")
     for duration in (10**9, 2**31 - 1, -(2**31)):
@@ -390,7 +380,7 @@ async def test_absurd_durations_are_bad_input_not_a_crash(
 async def test_boundary_values_are_accepted(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     token = team.agent["token"]
     prospect = await add_prospect(api, token)
-    started = await start_call(api, token, prospect["id"])
+    started = await start(api, token, prospect["id"])
     variables = {
         "id": prospect["id"],
         "log": started["callLogId"],
@@ -605,7 +595,7 @@ async def test_no_bad_input_ever_answers_500_or_internal_error(
     """Every bad request above and a few nastier ones: a code each, never a masked crash."""
     token, manager = team.agent["token"], team.manager["token"]
     prospect = await add_prospect(api, token)
-    started = await start_call(api, token, prospect["id"])
+    started = await start(api, token, prospect["id"])
     pid, log = prospect["id"], started["callLogId"]
     end = {"id": pid, "log": log, "outcome": "Connected"}
     nul = "a\x00b"

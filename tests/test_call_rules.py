@@ -3,57 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_prospect, add_user, running_server
+from helpers import (
+    END_CALL,
+    START_CALL,
+    Api,
+    Team,
+    add_prospect,
+    add_user,
+    assert_in_call,
+    end,
+    next_phone,
+    running_server,
+    start,
+)
 
 from settings import Settings
 
-START_CALL = """
-mutation($p: ID!) { startCall(prospectId: $p) { activeCallId callLogId activeCall { callerId } } }
-"""
-END_CALL = """
-mutation($p: ID!, $c: ID!, $o: String!, $d: Int) {
-  endCall(prospectId: $p, callLogId: $c, outcome: $o, duration: $d) {
-    id outcome duration endedAt callerId
-  }
-}
-"""
 CAN_CALL = """
 query($p: ID!) { canCall(prospectId: $p) { allowed reason code lastCallTime lastCallerId } }
 """
-
-_phones = itertools.count(2000)
-
-
-def next_phone() -> str:
-    """A fresh valid US number for each prospect a test makes."""
-    return f"+1 212 555 {next(_phones) % 10000:04d}"
-
-
-async def start(api: Api, token: str, prospect_id: str) -> dict[str, Any]:
-    data = await api.data(START_CALL, {"p": prospect_id}, token)
-    result: dict[str, Any] = data["startCall"]
-    return result
-
-
-async def end(
-    api: Api, token: str, prospect_id: str, call_log_id: str, outcome: str = "No Answer"
-) -> dict[str, Any]:
-    data = await api.data(END_CALL, {"p": prospect_id, "c": call_log_id, "o": outcome}, token)
-    result: dict[str, Any] = data["endCall"]
-    return result
 
 
 async def test_start_and_end_a_call(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     prospect = await add_prospect(api, team.agent["token"], next_phone())
     started = await start(api, team.agent["token"], prospect["id"])
-    assert started["activeCall"]["callerId"] == team.agent["id"]
-    assert await pool.fetchval("SELECT count(*) FROM active_calls") == 1
+    await assert_in_call(pool, started, prospect["id"], team.agent["id"])
 
     ended = await api.data(
         END_CALL,
@@ -74,11 +53,14 @@ async def test_start_and_end_a_call(api: Api, team: Team, pool: asyncpg.Pool) ->
     assert row["last_call"] == started_at
 
 
-async def test_a_second_start_is_already_in_call(api: Api, team: Team) -> None:
+async def test_a_second_start_is_already_in_call(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     prospect = await add_prospect(api, team.agent["token"], next_phone())
-    await start(api, team.agents[0]["token"], prospect["id"])
+    first = await start(api, team.agents[0]["token"], prospect["id"])
     code = await api.error_code(START_CALL, {"p": prospect["id"]}, team.agents[1]["token"])
     assert code == "ALREADY_IN_CALL"
+    # The refusal wrote nothing: the first call is still the only one.
+    await assert_in_call(pool, first, prospect["id"], team.agents[0]["id"])
+    assert await pool.fetchval("SELECT count(*) FROM call_logs") == 1
     check = await api.data(CAN_CALL, {"p": prospect["id"]}, team.agents[1]["token"])
     assert check["canCall"]["allowed"] is False
     assert check["canCall"]["code"] == "ALREADY_IN_CALL"
@@ -120,7 +102,8 @@ async def test_the_gap_is_over_once_it_has_passed(api: Api, team: Team, pool: as
         "lastCallTime": check["canCall"]["lastCallTime"],
         "lastCallerId": team.agent["id"],
     }
-    await start(api, team.agents[1]["token"], prospect["id"])
+    second = await start(api, team.agents[1]["token"], prospect["id"])
+    await assert_in_call(pool, second, prospect["id"], team.agents[1]["id"])
 
 
 async def test_the_gap_is_configurable(settings: Settings, pool: asyncpg.Pool) -> None:
@@ -131,8 +114,10 @@ async def test_the_gap_is_configurable(settings: Settings, pool: asyncpg.Pool) -
         await end(api, agent["token"], prospect["id"], call["callLogId"])
         body = await api.graphql(START_CALL, {"p": prospect["id"]}, agent["token"])
         assert body["errors"][0]["message"] == "Prospect was called recently (within 90 seconds)"
+        assert await pool.fetchval("SELECT count(*) FROM call_logs") == 1
         await pool.execute("UPDATE call_logs SET started_at = started_at - interval '91 seconds'")
-        await start(api, agent["token"], prospect["id"])
+        again = await start(api, agent["token"], prospect["id"])
+        await assert_in_call(pool, again, prospect["id"], agent["id"])
 
 
 async def test_can_call_prospect_returns_the_seed_json(
@@ -170,9 +155,11 @@ async def test_assigned_prospect_is_refused_to_other_agents(
     assert await pool.fetchval("SELECT count(*) FROM call_logs") == 0
     # The manager may override; the assigned agent may call.
     call = await start(api, team.manager["token"], prospect["id"])
+    await assert_in_call(pool, call, prospect["id"], team.manager["id"])
     await end(api, team.manager["token"], prospect["id"], call["callLogId"])
     await pool.execute("UPDATE call_logs SET started_at = started_at - interval '1 hour'")
-    await start(api, team.agents[0]["token"], prospect["id"])
+    assigned = await start(api, team.agents[0]["token"], prospect["id"])
+    await assert_in_call(pool, assigned, prospect["id"], team.agents[0]["id"])
 
 
 async def test_expired_assignment_no_longer_holds(api: Api, team: Team, pool: asyncpg.Pool) -> None:
@@ -183,24 +170,33 @@ async def test_expired_assignment_no_longer_holds(api: Api, team: Team, pool: as
         {"p": prospect["id"], "a": team.agents[0]["id"], "e": "2999-01-01T00:00:00Z"},
         team.manager["token"],
     )
+    # While it holds, the other agent is refused.
+    code = await api.error_code(START_CALL, {"p": prospect["id"]}, team.agents[1]["token"])
+    assert code == "ASSIGNED_TO_OTHER_AGENT"
     await pool.execute("UPDATE lead_assignments SET expires_at = now() - interval '1 second'")
-    await start(api, team.agents[1]["token"], prospect["id"])
+    started = await start(api, team.agents[1]["token"], prospect["id"])
+    await assert_in_call(pool, started, prospect["id"], team.agents[1]["id"])
 
 
-async def test_unassign_frees_the_prospect(api: Api, team: Team) -> None:
+async def test_unassign_frees_the_prospect(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     prospect = await add_prospect(api, team.agent["token"], next_phone())
     assign = "mutation($p: ID!, $a: ID!) { assignLead(prospectId: $p, agentId: $a) { id } }"
     await api.data(assign, {"p": prospect["id"], "a": team.agents[0]["id"]}, team.manager["token"])
+    code = await api.error_code(START_CALL, {"p": prospect["id"]}, team.agents[1]["token"])
+    assert code == "ASSIGNED_TO_OTHER_AGENT"
     unassigned = await api.data(
         "mutation($p: ID!) { unassignLead(prospectId: $p) }",
         {"p": prospect["id"]},
         team.manager["token"],
     )
     assert unassigned["unassignLead"] is True
-    await start(api, team.agents[1]["token"], prospect["id"])
+    active = "SELECT count(*) FROM lead_assignments WHERE prospect_id = $1 AND active"
+    assert await pool.fetchval(active, prospect["id"]) == 0
+    started = await start(api, team.agents[1]["token"], prospect["id"])
+    await assert_in_call(pool, started, prospect["id"], team.agents[1]["id"])
 
 
-async def test_ending_twice_is_call_not_active(api: Api, team: Team) -> None:
+async def test_ending_twice_is_call_not_active(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     prospect = await add_prospect(api, team.agent["token"], next_phone())
     call = await start(api, team.agent["token"], prospect["id"])
     await end(api, team.agent["token"], prospect["id"], call["callLogId"])
@@ -210,6 +206,9 @@ async def test_ending_twice_is_call_not_active(api: Api, team: Team) -> None:
         team.agent["token"],
     )
     assert code == "CALL_NOT_ACTIVE"
+    # The first ending stands.
+    outcome = await pool.fetchval("SELECT outcome FROM call_logs WHERE id = $1", call["callLogId"])
+    assert outcome == "No Answer"
 
 
 async def test_disposition_status_is_applied_and_logged(
@@ -255,7 +254,7 @@ async def test_fifty_agents_racing_exactly_one_wins(settings: Settings, pool: as
                 return await api.graphql(START_CALL, {"p": prospect_id}, agent["token"])
 
             tasks = [asyncio.create_task(race(agent)) for agent in agents]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield: every racer reaches the barrier first
             barrier.set()
             results = await asyncio.gather(*tasks)
             winners = [r for r in results if not r.get("errors")]

@@ -3,117 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+from helpers import LOGIN, post_graphql, run, serving
 
-ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "operator-password"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def environment(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "DB_", "TEST_DATABASE_URL"))
-    }
-    env.update(DATA_DIR=str(data_dir), BCRYPT_ROUNDS="4", **extra)
-    return env
-
-
-def run(
-    data_dir: Path, *args: str, stdin: str = "", **extra: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=environment(data_dir, **extra),
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-
-
-class Served:
-    """What a `serve` process printed and its exit status, filled in once it has stopped."""
-
-    output = ""
-    status: int | None = None
-
-
-@contextmanager
-def serving(
-    data_dir: Path, stop: signal.Signals = signal.SIGINT, **extra: str
-) -> Iterator[tuple[httpx.Client, Served]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "serve"],
-        env=environment(data_dir, PORT=str(port), **extra),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    served = Served()
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail("server exited: " + process.communicate()[0])
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
-        yield client, served
-    finally:
-        client.close()
-        process.send_signal(stop)
-        served.output = process.communicate(timeout=30)[0]
-        served.status = process.returncode
-
-
-def graphql(
-    client: httpx.Client, query: str, token: str | None = None, **variables: object
-) -> dict:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    response = client.post(
-        "/graphql", json={"query": query, "variables": variables}, headers=headers
-    )
-    assert response.status_code == 200
-    body: dict = response.json()
-    assert not body.get("errors"), body
-    return body["data"]
-
-
-LOGIN = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }"
-
-
-@pytest.fixture
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Short path: the embedded server's socket lives under it.
-    return Path(tmp_path_factory.mktemp("cli"))
 
 
 def test_operator_workflow_and_data_survive_restart(data_dir: Path) -> None:
@@ -148,8 +44,8 @@ def test_operator_workflow_and_data_survive_restart(data_dir: Path) -> None:
     assert "--yes" in refused.stderr
 
     with serving(data_dir) as (client, _):
-        token = graphql(client, LOGIN, e="boss@example.com", p=PASSWORD)["login"]["token"]
-        graphql(
+        token = post_graphql(client, LOGIN, e="boss@example.com", p=PASSWORD)["login"]["token"]
+        post_graphql(
             client,
             'mutation { createProspect(input: {name: "Kept", phone: "212-555-0188"}) { id } }',
             token,
@@ -160,8 +56,8 @@ def test_operator_workflow_and_data_survive_restart(data_dir: Path) -> None:
         assert "agent1@demo.test" in seeded.stdout
 
     with serving(data_dir) as (client, _):
-        token = graphql(client, LOGIN, e="boss@example.com", p=PASSWORD)["login"]["token"]
-        data = graphql(
+        token = post_graphql(client, LOGIN, e="boss@example.com", p=PASSWORD)["login"]["token"]
+        data = post_graphql(
             client,
             '{ prospects(first: 100, filter: {search: "Kept"}) { edges { node { phone } } } }',
             token,
@@ -176,8 +72,10 @@ def test_operator_workflow_and_data_survive_restart(data_dir: Path) -> None:
 
 def test_first_run_on_the_embedded_database_loads_the_demo(data_dir: Path) -> None:
     with serving(data_dir) as (client, served):
-        token = graphql(client, LOGIN, e="agent1@demo.test", p="demo-password")["login"]["token"]
-        data = graphql(client, "{ prospects(first: 100) { edges { node { id } } } }", token)
+        token = post_graphql(client, LOGIN, e="agent1@demo.test", p="demo-password")["login"][
+            "token"
+        ]
+        data = post_graphql(client, "{ prospects(first: 100) { edges { node { id } } } }", token)
         assert len(data["prospects"]["edges"]) == 100
     assert "Demo logins" in served.output
     assert "agent1@demo.test" in served.output

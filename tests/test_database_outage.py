@@ -14,9 +14,16 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from conftest import Api, add_prospect, add_user, running_server
-from test_call_rules import next_phone, start
-from test_live_events import subscribe
+from helpers import (
+    Api,
+    add_prospect,
+    add_user,
+    next_phone,
+    running_server,
+    start,
+    subscribe,
+    wait_until,
+)
 
 from settings import Settings
 
@@ -87,11 +94,10 @@ async def proxy(database_url: str) -> AsyncIterator[Proxy]:
 
 
 async def wait_healthy(api: Api) -> None:
-    for _ in range(100):
-        if (await api.client.get("/healthz")).status_code == 200:
-            return
-        await asyncio.sleep(0.2)
-    pytest.fail("the server did not recover")
+    async def healthy() -> bool:
+        return (await api.client.get("/healthz")).status_code == 200
+
+    await wait_until(healthy, 20, "the server did not recover", interval=0.2)
 
 
 async def test_outage_answers_with_a_code_and_recovers(
@@ -143,11 +149,9 @@ async def test_a_silent_network_is_noticed_and_resynced(
             await pool.fetchrow(
                 "SELECT * FROM start_call($1, $2, NULL, NULL)", prospect["id"], agent["id"]
             )
-            for _ in range(50):
-                if not listener.connected.is_set():
-                    break
-                await asyncio.sleep(0.2)
-            assert not listener.connected.is_set(), "the dead listener went unnoticed"
+            await wait_until(
+                lambda: not listener.connected.is_set(), 10, "the dead listener went unnoticed"
+            )
             proxy.flowing.set()
             resync = await stream.next_of("SNAPSHOT", within=20)
             assert [c["prospectId"] for c in resync["activeCalls"]] == [prospect["id"]]

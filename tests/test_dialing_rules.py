@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_prospect
-from test_call_rules import START_CALL, end, start
+from helpers import (
+    START_CALL,
+    Api,
+    Team,
+    add_prospect,
+    add_user,
+    assert_in_call,
+    end,
+    next_phone,
+    start,
+)
 
 NEXT_LEAD = """
 mutation {
@@ -31,12 +39,6 @@ query($p: ID!, $at: DateTime) {
   }
 }
 """
-_numbers = itertools.count(3000)
-
-
-def nyc_phone() -> str:
-    """A fresh New York number (America/New_York)."""
-    return f"+1 212 555 {next(_numbers) % 10000:04d}"
 
 
 @pytest.fixture
@@ -68,10 +70,10 @@ def blocking(eligibility: dict[str, Any]) -> list[str]:
 
 
 async def test_next_lead_starts_a_call_on_the_best_prospect(api: Api, team: Team) -> None:
-    low = await add_prospect(api, team.manager["token"], nyc_phone(), name="Low")
+    low = await add_prospect(api, team.manager["token"], next_phone(), name="Low")
     high = await api.data(
         "mutation($i: CreateProspectInput!) { createProspect(input: $i) { id } }",
-        {"i": {"name": "High", "phone": nyc_phone(), "priority": 5}},
+        {"i": {"name": "High", "phone": next_phone(), "priority": 5}},
         team.manager["token"],
     )
     lead = await next_lead(api, team.agent["token"])
@@ -108,7 +110,7 @@ async def test_do_not_call_blocks_every_path_and_a_disposition_adds_to_it(
     assert {"code": "DO_NOT_CALL", "prospects": 1} in lead["heldBack"]
 
     # A "Do Not Call" outcome lists the number in the same transaction.
-    other = await add_prospect(api, team.manager["token"], nyc_phone())
+    other = await add_prospect(api, team.manager["token"], next_phone())
     call = await start(api, team.agent["token"], other["id"])
     await end(api, team.agent["token"], other["id"], call["callLogId"], "Do Not Call")
     listed_phones = await pool.fetch(
@@ -128,13 +130,14 @@ async def test_do_not_call_blocks_every_path_and_a_disposition_adds_to_it(
         "SELECT removed_by, removal_reason FROM do_not_call WHERE phone = '+12125550777'"
     )
     assert (str(row["removed_by"]), row["removal_reason"]) == (team.manager["id"], "consented")
-    await start(api, team.agent["token"], listed["id"])
+    started = await start(api, team.agent["token"], listed["id"])
+    await assert_in_call(pool, started, listed["id"], team.agent["id"])
 
 
 async def test_outside_calling_hours_with_the_next_opening(
     api: Api, team: Team, pool: asyncpg.Pool, default_rules: None
 ) -> None:
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     # 03:00 in New York on a Wednesday in winter (EST, UTC-5) is 08:00 UTC.
     at = "2027-01-13T08:00:00+00:00"
     result = await explain(api, team.agent["token"], prospect["id"], at)
@@ -148,7 +151,7 @@ async def test_outside_calling_hours_with_the_next_opening(
 async def test_daylight_saving_moves_the_window_in_utc(
     api: Api, team: Team, default_rules: None
 ) -> None:
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     # New York opens at 08:00 local: 13:00 UTC in winter, 12:00 UTC in summer.
     # DST begins 2027-03-14; 12:30 UTC is 07:30 EST on the 13th and 08:30 EDT on the 15th.
     before = await explain(api, team.agent["token"], prospect["id"], "2027-03-13T12:30:00+00:00")
@@ -192,7 +195,7 @@ async def test_attempt_caps_at_their_boundaries(api: Api, team: Team, pool: asyn
         "UPDATE dialing_rules SET max_attempts_per_day = 2, max_attempts_total = 3,"
         " max_attempts_per_number_24h = 100"
     )
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     for _ in range(2):
         call = await start(api, team.agent["token"], prospect["id"])
         await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Busy")
@@ -225,9 +228,9 @@ async def test_lowered_caps_are_refused_once_then_the_queue_moves_on(
     such prospect once and sets it aside (closed at the total cap, until the callee's next
     day at the day cap), rather than picking and refusing it on every call."""
     await pool.execute("UPDATE dialing_rules SET max_attempts_per_number_24h = 100")
-    total = await add_prospect(api, team.manager["token"], nyc_phone(), name="Total")
-    today = await add_prospect(api, team.manager["token"], nyc_phone(), name="Today")
-    fresh = await add_prospect(api, team.manager["token"], nyc_phone(), name="Fresh")
+    total = await add_prospect(api, team.manager["token"], next_phone(), name="Total")
+    today = await add_prospect(api, team.manager["token"], next_phone(), name="Today")
+    fresh = await add_prospect(api, team.manager["token"], next_phone(), name="Fresh")
     for prospect, calls in ((total, 3), (today, 2)):
         for _ in range(calls):
             call = await start(api, team.agent["token"], prospect["id"])
@@ -275,8 +278,8 @@ async def test_raising_the_total_cap_reopens_only_what_the_cap_closed(
         "UPDATE dialing_rules SET max_attempts_total = 2, max_attempts_per_day = 100,"
         " max_attempts_per_number_24h = 100"
     )
-    capped = await add_prospect(api, team.manager["token"], nyc_phone(), name="Capped")
-    refused = await add_prospect(api, team.manager["token"], nyc_phone(), name="Refused")
+    capped = await add_prospect(api, team.manager["token"], next_phone(), name="Capped")
+    refused = await add_prospect(api, team.manager["token"], next_phone(), name="Refused")
     for prospect, outcome in ((capped, "Busy"), (capped, "Busy"), (refused, "Not Interested")):
         call = await start(api, team.agent["token"], prospect["id"])
         await end(api, team.agent["token"], prospect["id"], call["callLogId"], outcome)
@@ -330,7 +333,7 @@ async def test_raising_the_day_cap_frees_what_the_day_cap_set_aside(
         if 1 <= datetime.now(ZoneInfo(z)).hour < 23
     )
     names = ("Capped", "Delayed", "Full")
-    prospects = {n: await add_prospect(api, team.manager["token"], nyc_phone(), n) for n in names}
+    prospects = {n: await add_prospect(api, team.manager["token"], next_phone(), n) for n in names}
     await pool.execute("UPDATE prospects SET time_zone = $1", zone)
     for name, outcomes in (
         ("Capped", ["Busy", "Busy"]),
@@ -408,7 +411,7 @@ async def test_a_due_callback_on_a_closed_prospect_is_not_offered(
 ) -> None:
     """Not offered, and not even picked and refused: a closed prospect's callback would
     otherwise cost every nextLead a full rule check."""
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     await pool.execute(
         "INSERT INTO callbacks (prospect_id, due_at) VALUES ($1, now() - interval '1 minute')",
         prospect["id"],
@@ -423,7 +426,7 @@ async def test_a_due_callback_on_a_closed_prospect_is_not_offered(
 
 async def test_rolling_cap_per_number(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     await pool.execute("UPDATE dialing_rules SET max_attempts_per_number_24h = 2")
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     for _ in range(2):
         call = await start(api, team.agent["token"], prospect["id"])
         await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Busy")
@@ -431,15 +434,18 @@ async def test_rolling_cap_per_number(api: Api, team: Team, pool: asyncpg.Pool) 
     assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
         "MAX_ATTEMPTS_REACHED"
     )
+    assert await pool.fetchval("SELECT count(*) FROM call_logs") == 2  # refused: none logged
     await pool.execute("UPDATE call_logs SET started_at = started_at - interval '13 hours'")
-    await start(api, team.agent["token"], prospect["id"])  # the older one left the window
+    # The older call left the 24-hour window: a third may start.
+    third = await start(api, team.agent["token"], prospect["id"])
+    await assert_in_call(pool, third, prospect["id"], team.agent["id"])
 
 
 async def test_final_and_recycled_prospects_leave_the_queue_but_not_manual_dial(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
-    closed = await add_prospect(api, team.manager["token"], nyc_phone(), name="Closed")
-    recycled = await add_prospect(api, team.manager["token"], nyc_phone(), name="Recycled")
+    closed = await add_prospect(api, team.manager["token"], next_phone(), name="Closed")
+    recycled = await add_prospect(api, team.manager["token"], next_phone(), name="Recycled")
     for prospect, outcome in ((closed, "Not Interested"), (recycled, "No Answer")):
         call = await start(api, team.agent["token"], prospect["id"])
         await end(api, team.agent["token"], prospect["id"], call["callLogId"], outcome)
@@ -460,8 +466,8 @@ async def test_final_and_recycled_prospects_leave_the_queue_but_not_manual_dial(
 async def test_callbacks_come_first_and_fall_back_after_the_grace(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
-    await add_prospect(api, team.manager["token"], nyc_phone(), name="Pool")
-    wanted = await add_prospect(api, team.manager["token"], nyc_phone(), name="Wanted")
+    await add_prospect(api, team.manager["token"], next_phone(), name="Pool")
+    wanted = await add_prospect(api, team.manager["token"], next_phone(), name="Wanted")
     due = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     scheduled = await api.data(
         "mutation($p: ID!, $at: DateTime!) {"
@@ -489,7 +495,7 @@ async def test_callbacks_come_first_and_fall_back_after_the_grace(
 async def test_a_callback_outside_hours_is_refused_or_moved(
     api: Api, team: Team, default_rules: None
 ) -> None:
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     night = "2099-01-14T08:00:00+00:00"  # 03:00 in New York
     schedule = (
         "mutation($p: ID!, $at: DateTime!, $move: Boolean!) {"
@@ -510,8 +516,8 @@ async def test_a_callback_outside_hours_is_refused_or_moved(
 async def test_assignments_are_offered_to_their_agent_first_until_they_expire(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
-    await add_prospect(api, team.manager["token"], nyc_phone(), name="Pool")
-    mine = await add_prospect(api, team.manager["token"], nyc_phone(), name="Mine")
+    await add_prospect(api, team.manager["token"], next_phone(), name="Pool")
+    mine = await add_prospect(api, team.manager["token"], next_phone(), name="Mine")
     await api.data(
         "mutation($p: ID!, $a: ID!) { assignLead(prospectId: $p, agentId: $a) { id } }",
         {"p": mine["id"], "a": team.agents[1]["id"]},
@@ -527,7 +533,7 @@ async def test_assignments_are_offered_to_their_agent_first_until_they_expire(
 async def test_an_expired_assignment_returns_to_everyone(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
-    lead = await add_prospect(api, team.manager["token"], nyc_phone())
+    lead = await add_prospect(api, team.manager["token"], next_phone())
     await api.data(
         "mutation($p: ID!, $a: ID!) {"
         ' assignLead(prospectId: $p, agentId: $a, expiresAt: "2999-01-01T00:00:00Z") { id } }',
@@ -542,8 +548,8 @@ async def test_an_expired_assignment_returns_to_everyone(
 async def test_do_not_call_added_mid_queue_is_honoured_on_the_next_call(
     api: Api, team: Team
 ) -> None:
-    first = await add_prospect(api, team.manager["token"], nyc_phone(), name="First")
-    second = await add_prospect(api, team.manager["token"], nyc_phone(), name="Second")
+    first = await add_prospect(api, team.manager["token"], next_phone(), name="First")
+    second = await add_prospect(api, team.manager["token"], next_phone(), name="Second")
     got = await next_lead(api, team.agents[0]["token"])
     assert got["prospect"]["id"] == first["id"]
     await api.data(
@@ -583,7 +589,7 @@ async def test_next_lead_passes_over_closed_zones_to_an_open_one(
     ]
     ids = {}
     for name, zone, phone_zones, priority in rows:
-        prospect = await add_prospect(api, team.manager["token"], nyc_phone(), name=name)
+        prospect = await add_prospect(api, team.manager["token"], next_phone(), name=name)
         ids[name] = prospect["id"]
         await pool.execute(
             "UPDATE prospects SET time_zone = $2, phone_time_zones = coalesce($3::text[], '{}'),"
@@ -617,7 +623,7 @@ async def test_held_back_counts_are_per_agent(api: Api, team: Team, pool: asyncp
     names = ["Mine", "Theirs", "My due callback", "Their due callback", "Later callback"]
     ids = {}
     for name in names:
-        ids[name] = (await add_prospect(api, team.manager["token"], nyc_phone(), name=name))["id"]
+        ids[name] = (await add_prospect(api, team.manager["token"], next_phone(), name=name))["id"]
     # Every one of them on the Do-Not-Call list too, so that nothing is callable for anyone.
     await pool.execute("INSERT INTO do_not_call (phone, source) SELECT phone, 'api' FROM prospects")
     await pool.execute(
@@ -707,8 +713,6 @@ AGENTS = 20
 
 async def test_twenty_agents_pull_from_one_queue(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     """No prospect handed out twice; nobody told 'nothing callable' while one was callable."""
-    from conftest import add_user
-
     agents = [await add_user(pool, api, f"puller{i}@test.example", "agent") for i in range(AGENTS)]
     for round_number in range(ROUNDS):
         await pool.execute("DELETE FROM active_calls")
@@ -751,7 +755,7 @@ async def test_twenty_agents_pull_from_one_queue(api: Api, team: Team, pool: asy
 async def test_a_later_change_cannot_undo_a_do_not_call_outcome(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     call = await start(api, team.agent["token"], prospect["id"])
     await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Do Not Call")
     await api.data(
@@ -766,7 +770,7 @@ async def test_a_later_change_cannot_undo_a_do_not_call_outcome(
 
 
 async def test_a_do_not_call_entry_may_expire(api: Api, team: Team, pool: asyncpg.Pool) -> None:
-    prospect = await add_prospect(api, team.manager["token"], nyc_phone())
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
     await api.data(
         "mutation($n: String!) {"
         ' addDoNotCall(phone: $n, expiresAt: "2999-01-01T00:00:00Z", scope: "internal") { id } }',
@@ -776,8 +780,10 @@ async def test_a_do_not_call_entry_may_expire(api: Api, team: Team, pool: asyncp
     assert await api.error_code(START_CALL, {"p": prospect["id"]}, team.agent["token"]) == (
         "DO_NOT_CALL"
     )
+    assert await pool.fetchval("SELECT count(*) FROM call_logs") == 0
     await pool.execute("UPDATE do_not_call SET expires_at = now() - interval '1 second'")
-    await start(api, team.agent["token"], prospect["id"])
+    started = await start(api, team.agent["token"], prospect["id"])
+    await assert_in_call(pool, started, prospect["id"], team.agent["id"])
 
 
 async def test_agents_cannot_manage_the_rules(api: Api, team: Team) -> None:

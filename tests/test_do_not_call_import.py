@@ -13,9 +13,17 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_prospect, add_user
-from test_call_rules import START_CALL, end
-from test_command_line import run
+from helpers import (
+    START_CALL,
+    Api,
+    Team,
+    add_prospect,
+    add_user,
+    end,
+    query_database,
+    run,
+    table_rows,
+)
 
 from resolvers import do_not_call_imports
 from resolvers.errors import BadUserInput
@@ -32,6 +40,7 @@ mutation($csv: String!, $scope: String, $reason: String, $expiresAt: DateTime,
 """
 NEXT_LEAD = "mutation { nextLead { nothingCallable callLogId prospect { id phone } } }"
 ADD = "mutation($n: String!, $e: DateTime) { addDoNotCall(phone: $n, expiresAt: $e) { id } }"
+# The tables an import could touch, to compare before and after.
 TABLES = ("do_not_call", "prospects", "call_logs", "active_calls")
 
 
@@ -53,11 +62,8 @@ def counts(result: dict[str, Any]) -> tuple[int, int, int, int, int]:
 
 
 async def snapshot(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the tables an import could touch, to compare before and after."""
-    return {
-        table: [dict(r) for r in await pool.fetch(f"SELECT * FROM {table} ORDER BY id")]
-        for table in TABLES
-    }
+    """Every row of the tables an import could touch."""
+    return await table_rows(pool, TABLES)
 
 
 async def listed(pool: asyncpg.Pool) -> dict[str, asyncpg.Record]:
@@ -357,11 +363,6 @@ async def test_a_file_that_breaks_late_writes_nothing(pool: asyncpg.Pool) -> Non
 # The command line.
 
 
-@pytest.fixture
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(tmp_path_factory.mktemp("dnc"))
-
-
 def summary(stdout: str) -> dict[str, str]:
     return {
         key.strip(): value.strip()
@@ -405,19 +406,16 @@ def test_import_dnc_command(data_dir: Path, database_url: str, tmp_path: Path) -
             ["3", "phone", "phone '212-555-01' is not a valid phone number"],
         ]
 
-    async def entries() -> list[tuple[Any, ...]]:
-        connection = await asyncpg.connect(database_url)
-        try:
-            rows = await connection.fetch(
-                "SELECT phone, scope, source, reason, expires_at, added_by FROM do_not_call"
-                " ORDER BY phone"
-            )
-            return [tuple(r) for r in rows]
-        finally:
-            await connection.close()
+    def entries() -> list[tuple[Any, ...]]:
+        rows = query_database(
+            database_url,
+            "SELECT phone, scope, source, reason, expires_at, added_by FROM do_not_call"
+            " ORDER BY phone",
+        )
+        return [tuple(r) for r in rows]
 
     expiry = datetime(2999, 1, 1, tzinfo=UTC)
-    assert asyncio.run(entries()) == [
+    assert entries() == [
         ("+12125550101", "national", "import", "national registry", expiry, None),
         ("+12125550102", "national", "import", "national registry", expiry, None),
     ]
@@ -444,7 +442,7 @@ def test_import_dnc_command(data_dir: Path, database_url: str, tmp_path: Path) -
     refused = run(data_dir, "import-dnc", str(no_phone), DATABASE_URL=database_url)
     assert refused.returncode == 2
     assert "no phone column" in refused.stderr
-    assert len(asyncio.run(entries())) == 3
+    assert len(entries()) == 3
 
 
 # ---------------------------------------------------------------------------------------

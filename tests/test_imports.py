@@ -16,15 +16,13 @@ from uuid import UUID
 import asyncpg
 import bcrypt
 import pytest
-from conftest import Api, Team, add_prospect
-from test_command_line import run
+from helpers import ROOT, Api, Team, add_prospect, query_database, run, table_rows
 
 from resolvers import archive, mock_store, prospect_imports
 from resolvers.bulk_phones import PhoneNormalizer
 from resolvers.errors import BadUserInput
 from resolvers.phones import normalize_phone, phone_time_zones
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 
 IMPORT = """
@@ -39,15 +37,13 @@ mutation($csv: String!, $mode: ImportMode! = SKIP, $dryRun: Boolean! = false,
 }
 """
 
+# The tables an import may touch, to compare before and after.
 TABLES = ("users", "prospects", "call_logs", "prospect_status_log", "lead_assignments")
 
 
 async def snapshot(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the tables an import may touch, to compare before and after."""
-    return {
-        table: [dict(r) for r in await pool.fetch(f"SELECT * FROM {table} ORDER BY id")]
-        for table in TABLES
-    }
+    """Every row of the tables an import may touch."""
+    return await table_rows(pool, TABLES)
 
 
 async def import_csv(api: Api, token: str, text: str, **variables: Any) -> dict[str, Any]:
@@ -295,13 +291,14 @@ async def test_unusable_csv_is_refused_whole(
     assert await pool.fetchval("SELECT count(*) FROM prospects") == 0
 
 
-async def test_unknown_mapped_column_is_refused(api: Api, team: Team) -> None:
+async def test_unknown_mapped_column_is_refused(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     code = await api.error_code(
         IMPORT,
         {"csv": "name,phone\nPat,212-555-0123\n", "columns": {"phone": "Cell"}},
         team.manager["token"],
     )
     assert code == "BAD_USER_INPUT"
+    assert await pool.fetchval("SELECT count(*) FROM prospects") == 0
 
 
 async def test_chunks_and_connections_count_like_one_merge(pool: asyncpg.Pool) -> None:
@@ -620,11 +617,6 @@ async def test_mock_store_shapes(pool: asyncpg.Pool) -> None:
 # The command line, as real processes on the test database.
 
 
-@pytest.fixture
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(tmp_path_factory.mktemp("imports"))
-
-
 def test_import_csv_command(data_dir: Path, database_url: str, tmp_path: Path) -> None:
     sample = str(SAMPLES / "prospects.csv")
     errors_file = tmp_path / "errors.csv"
@@ -667,6 +659,8 @@ def test_import_csv_command(data_dir: Path, database_url: str, tmp_path: Path) -
         data_dir, "import-csv", str(latin), "--encoding", "latin-1", DATABASE_URL=database_url
     )
     assert accepted.returncode == 0, accepted.stderr
+    rows = query_database(database_url, "SELECT name FROM prospects WHERE phone = '+12125550111'")
+    assert [row["name"] for row in rows] == ["José"]
 
 
 def test_import_mock_command(data_dir: Path, database_url: str, tmp_path: Path) -> None:
@@ -695,3 +689,10 @@ def test_import_mock_command(data_dir: Path, database_url: str, tmp_path: Path) 
     not_json = tmp_path / "store.json"
     not_json.write_text("{users: []}")
     assert run(data_dir, "import-mock", str(not_json), DATABASE_URL=database_url).returncode == 2
+    # The refused files wrote nothing: what is there is the first import's.
+    counts = query_database(
+        database_url,
+        "SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM prospects)"
+        " AS prospects, (SELECT count(*) FROM call_logs) AS calls",
+    )
+    assert dict(counts[0]) == {"users": 3, "prospects": 2, "calls": 3}

@@ -4,67 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 import websockets
-from conftest import Api, Team, add_prospect, add_user, running_server
-from gql import Client, GraphQLRequest
-from gql.transport.websockets import WebsocketsTransport
-from test_call_rules import START_CALL, end, next_phone, start
+from helpers import (
+    EVENTS,
+    START_CALL,
+    Api,
+    Team,
+    add_prospect,
+    add_user,
+    end,
+    next_phone,
+    running_server,
+    start,
+    subscribe,
+    wait_until,
+)
 
 from resolvers.events import CallEvent, Hub
 from settings import Settings
 
-EVENTS = """
-subscription($agent: ID) {
-  activeCallEvents(agentId: $agent) {
-    type seq outcome
-    activeCall { id callLogId prospectId callerId prospectName callerName phoneNumber startedAt }
-    activeCalls { id callLogId callerId prospectId prospectName }
-  }
-}
-"""
-
-
-class Stream:
-    """A live subscription read one event at a time, with a timeout."""
-
-    def __init__(self, iterator: AsyncIterator[dict[str, Any]]) -> None:
-        self.iterator = iterator
-
-    async def next(self, within: float = 10) -> dict[str, Any]:
-        result = await asyncio.wait_for(self.iterator.__anext__(), within)
-        event: dict[str, Any] = result["activeCallEvents"]
-        return event
-
-    async def next_of(self, kind: str, within: float = 10) -> dict[str, Any]:
-        """Skip to the next event of a type (e.g. past a resync's SNAPSHOT)."""
-        while True:
-            event = await self.next(within)
-            if event["type"] == kind:
-                return event
-
-
-@asynccontextmanager
-async def subscribe(api: Api, token: str, agent: str | None = None) -> AsyncIterator[Stream]:
-    """Subscribe with gql's graphql-transport-ws client, a real third-party client."""
-    transport = WebsocketsTransport(
-        url=api.base_url.replace("http", "ws") + "/graphql",
-        init_payload={"token": token},
-        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
-    )
-    async with Client(transport=transport) as session:
-        request = GraphQLRequest(EVENTS, variable_values={"agent": agent})
-        iterator = session.subscribe(request)
-        try:
-            yield Stream(iterator)
-        finally:
-            await iterator.aclose()
+HEARTBEAT = "mutation($c: ID!) { heartbeatCall(callLogId: $c) { leaseExpiresAt } }"
 
 
 async def test_snapshot_then_deltas_in_commit_order(api: Api, team: Team) -> None:
@@ -223,14 +189,10 @@ async def drain(socket: Any) -> None:
 
 
 def uuid_of(number: int) -> Any:
-    import uuid
-
     return uuid.UUID(int=number)
 
 
 def fake_event(seq: int) -> CallEvent:
-    from datetime import UTC, datetime
-
     call = {"caller_id": str(uuid_of(9)), "id": str(uuid_of(seq))}
     return CallEvent("STARTED", seq, datetime.now(UTC), active_call=call)
 
@@ -266,25 +228,43 @@ async def test_listener_loss_reconnects_and_resyncs(
 async def test_stale_calls_expire_and_heartbeats_keep_them(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
-    quick = replace(settings, active_call_timeout_seconds=1, stale_call_sweep_seconds=0.2)
-    async with running_server(quick) as api:
+    """Time is moved in the database, not waited for: each round takes 40 s off every
+    one-minute lease. The call that heartbeats after each round outlives twice its lease;
+    the other lapses in the second round and the sweep expires it."""
+    leased = replace(settings, active_call_timeout_seconds=60, stale_call_sweep_seconds=0.05)
+    async with running_server(leased) as api:
         agent = await add_user(pool, api, "stale@test.example", "agent")
         kept = await add_prospect(api, agent["token"], next_phone(), name="Kept")
         lost = await add_prospect(api, agent["token"], next_phone(), name="Lost")
+
+        async def lease_of(call: dict[str, Any]) -> datetime | None:
+            lease: datetime | None = await pool.fetchval(
+                "SELECT lease_expires_at FROM active_calls WHERE call_log_id = $1",
+                call["callLogId"],
+            )
+            return lease
+
         async with subscribe(api, agent["token"]) as stream:
             await stream.next()
             kept_call = await start(api, agent["token"], kept["id"])
             lost_call = await start(api, agent["token"], lost["id"])
-            for _ in range(6):
-                await asyncio.sleep(0.3)
-                await api.data(
-                    "mutation($c: ID!) { heartbeatCall(callLogId: $c) { leaseExpiresAt } }",
-                    {"c": kept_call["callLogId"]},
-                    agent["token"],
+            for _ in range(3):
+                await pool.execute(
+                    "UPDATE active_calls SET lease_expires_at = lease_expires_at"
+                    " - interval '40 seconds'"
                 )
+                beat = await api.data(HEARTBEAT, {"c": kept_call["callLogId"]}, agent["token"])
+                # A full minute again from now, whatever the rounds took off.
+                lease = await lease_of(kept_call)
+                assert lease is not None, "the heartbeating call was expired"
+                assert datetime.fromisoformat(beat["heartbeatCall"]["leaseExpiresAt"]) == lease
+                assert lease > await pool.fetchval("SELECT now() + interval '50 seconds'")
             expired = await stream.next_of("EXPIRED")
             assert expired["activeCall"]["callLogId"] == lost_call["callLogId"]
             assert expired["outcome"] == "Expired"
+            assert await lease_of(lost_call) is None
+        # 120 s off a 60 s lease, and the heartbeats kept it: still active, not ended.
+        assert await lease_of(kept_call) is not None
         outcomes = dict(await pool.fetch("SELECT id::text, outcome FROM call_logs"))
         assert outcomes == {kept_call["callLogId"]: None, lost_call["callLogId"]: "Expired"}
         status = await pool.fetchval("SELECT status FROM prospects WHERE id = $1", lost["id"])
@@ -366,11 +346,9 @@ async def test_a_dead_client_is_found_by_pings_and_freed(
             assert len(hub.subscribers) == 1
             # The client freezes (a closed laptop): it stops reading, so it answers no pings.
             socket.transport.pause_reading()
-            for _ in range(50):
-                if not hub.subscribers:
-                    break
-                await asyncio.sleep(0.1)
-            assert not hub.subscribers, "the dead client's subscription was never freed"
+            await wait_until(
+                lambda: not hub.subscribers, 10, "the dead client's subscription was never freed"
+            )
 
 
 async def test_many_subscribers_of_one_event_all_receive_it(api: Api, team: Team) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import drop_database
+from helpers import drop_database
 
 from sql import database
 from sql.migrator import (

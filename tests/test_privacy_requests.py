@@ -11,7 +11,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from conftest import Api, Team, add_prospect
+from helpers import Api, Team, add_prospect
 
 from resolvers import archive, reports
 
@@ -216,7 +216,9 @@ async def test_erasure_removes_personal_data_and_keeps_the_counts(
     assert await pool.fetchval("SELECT count(*) FROM privacy_requests WHERE kind = 'erase'") == 2
 
 
-async def test_an_erased_prospect_cannot_be_called(api: Api, team: Team) -> None:
+async def test_an_erased_prospect_cannot_be_called(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
     prospect = await add_prospect(api, team.agent["token"], "(212) 555-0179", NAME)
     await api.data(ERASE, {"id": prospect["id"]}, team.admin["token"])
     code = await api.error_code(
@@ -226,6 +228,8 @@ async def test_an_erased_prospect_cannot_be_called(api: Api, team: Team) -> None
     )
     # The dialing rules name the reason; a trigger on call_logs stands behind them.
     assert code == "PROSPECT_ERASED"
+    assert await pool.fetchval("SELECT count(*) FROM call_logs") == 0
+    assert await pool.fetchval("SELECT count(*) FROM active_calls") == 0
 
 
 async def test_a_prospect_on_a_call_is_not_erased(api: Api, team: Team, pool: asyncpg.Pool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from conftest import Team, add_user, running_server
+from helpers import Team, add_user, running_server
 
 from settings import Settings
 

@@ -6,11 +6,7 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
-import httpx
-import pytest
-from conftest import PASSWORD, Api
-from test_command_line import LOGIN, serving
-from test_live_events import subscribe
+from helpers import LOGIN, PASSWORD, Api, post_graphql, serving, subscribe
 
 from resolvers.users import create_user
 
@@ -18,22 +14,6 @@ START = "mutation($p: ID!) { startCall(prospectId: $p) { callLogId } }"
 END = (
     'mutation($p: ID!, $c: ID!) { endCall(prospectId: $p, callLogId: $c, outcome: "Busy") { id } }'
 )
-
-
-def graphql(client: httpx.Client, query: str, token: str, **variables: object) -> dict:
-    response = client.post(
-        "/graphql",
-        json={"query": query, "variables": variables},
-        headers={"authorization": f"Bearer {token}"} if token else {},
-    )
-    body: dict = response.json()
-    assert not body.get("errors"), body
-    return body["data"]
-
-
-@pytest.fixture
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(tmp_path_factory.mktemp("replicas"))
 
 
 async def test_two_processes_see_each_others_events(
@@ -60,7 +40,7 @@ async def test_two_processes_see_each_others_events(
         serving(data_dir, DATABASE_URL=database_url) as (two, _),
     ):
         tokens = [
-            graphql(c, LOGIN, "", e="floor@test.example", p=PASSWORD)["login"]["token"]
+            post_graphql(c, LOGIN, e="floor@test.example", p=PASSWORD)["login"]["token"]
             for c in (one, two)
         ]
         apis = [
@@ -70,12 +50,12 @@ async def test_two_processes_see_each_others_events(
             await on_one.next()
             await on_two.next()
             # A call started through process two, ended through process one.
-            call = await asyncio.to_thread(graphql, two, START, tokens[1], p=prospects[0])
+            call = await asyncio.to_thread(post_graphql, two, START, tokens[1], p=prospects[0])
             log_id = call["startCall"]["callLogId"]
             for stream in (on_one, on_two):
                 event = await stream.next()
                 assert (event["type"], event["activeCall"]["callLogId"]) == ("STARTED", log_id)
-            await asyncio.to_thread(graphql, one, END, tokens[0], p=prospects[0], c=log_id)
+            await asyncio.to_thread(post_graphql, one, END, tokens[0], p=prospects[0], c=log_id)
             for stream in (on_one, on_two):
                 event = await stream.next()
                 assert (event["type"], event["outcome"]) == ("ENDED", "Busy")

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from conftest import Api, Team
+from helpers import Api, Team
 
 from resolvers import reports
 

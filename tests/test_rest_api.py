@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from conftest import PASSWORD, Api, Team, add_prospect
+from helpers import PASSWORD, Api, Team, add_prospect, bearer
 
 RECENTLY_CALLED = "Prospect was called recently (within 5 minutes)"
 IN_ANOTHER_CALL = "Prospect is currently on another call"
@@ -18,11 +18,6 @@ mutation($id: ID!, $status: String!) { updateProspect(id: $id, input: {status: $
 ASSIGN = """
 mutation($id: ID!, $agent: ID!) { assignLead(prospectId: $id, agentId: $agent) { id } }
 """
-
-
-def bearer(token: str) -> dict[str, str]:
-    """An Authorization header for a token."""
-    return {"authorization": f"Bearer {token}"}
 
 
 async def start(
@@ -253,7 +248,15 @@ async def test_a_lead_assigned_to_another_agent_is_409(
         f"/api/prospects/{prospect['id']}/can-call", headers=bearer(first["token"])
     )
     assert can_call.json()["allowed"] is False
-    assert (await start(api, second["token"], prospect["id"])).status_code == 201
+    ids = await started_call(api, second["token"], prospect["id"])
+    active = await pool.fetchrow(
+        "SELECT id::text, call_log_id::text, caller_id::text FROM active_calls"
+    )
+    assert dict(active) == {
+        "id": ids["activeCallId"],
+        "call_log_id": ids["callLogId"],
+        "caller_id": second["id"],
+    }
 
 
 # -- end-call -------------------------------------------------------------------------------

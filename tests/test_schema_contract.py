@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import asyncpg
 import pytest
+from helpers import ROOT
 
 from graph.schema import create_schema
 from sql.queries import QUERIES, parse_queries
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_committed_schema_is_current() -> None:

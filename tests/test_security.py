@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import bcrypt
-from conftest import PASSWORD, Api, Team, add_prospect
+from helpers import PASSWORD, Api, Team, add_prospect, bearer, start
 
 from settings import Settings
 
@@ -64,23 +64,12 @@ def codes(body: dict[str, Any]) -> list[str]:
     return [error["extensions"]["code"] for error in body.get("errors") or []]
 
 
-def bearer(token: str) -> dict[str, str]:
-    """An Authorization header for a token."""
-    return {"authorization": f"Bearer {token}"}
-
-
 async def row_counts(pool: asyncpg.Pool) -> dict[str, int]:
     """Rows per table that a request could write."""
     counts = {}
     for table in ("users", "prospects", "call_logs", "active_calls", "lead_assignments"):
         counts[table] = await pool.fetchval(f"SELECT count(*) FROM {table}")
     return counts
-
-
-async def start_call(api: Api, token: str, prospect_id: str) -> dict[str, Any]:
-    """Start a call; returns {activeCallId, callLogId}."""
-    started: dict[str, Any] = (await api.data(START, {"id": prospect_id}, token))["startCall"]
-    return started
 
 
 # -- no token, no access --------------------------------------------------------------------
@@ -189,7 +178,7 @@ async def test_every_field_but_login_refuses_without_a_valid_token(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:
     prospect = await add_prospect(api, team.agent["token"])
-    started = await start_call(api, team.agent["token"], prospect["id"])
+    started = await start(api, team.agent["token"], prospect["id"])
     operations = guarded_operations(prospect["id"], started["callLogId"], team.agent["id"])
 
     schema = (await post(api, ROOT_FIELDS, None, {}))["data"]["__schema"]
@@ -328,7 +317,7 @@ async def test_agents_cannot_list_users_assign_or_create_users(
     assert await api.error_code(UNASSIGN, {"id": prospect["id"]}, agent) == "FORBIDDEN"
     new_user = {"email": "sneaky@test.example", "password": PASSWORD, "role": "admin"}
     assert await api.error_code(CREATE_USER, {"input": new_user}, agent) == "FORBIDDEN"
-    started = await start_call(api, team.agents[1]["token"], prospect["id"])
+    started = await start(api, team.agents[1]["token"], prospect["id"])
     release = "mutation { releaseStaleCalls(olderThan: 0) }"
     assert await api.error_code(release, token=agent) == "FORBIDDEN"
     assert await pool.fetchval("SELECT count(*) FROM active_calls") == 1
@@ -402,7 +391,7 @@ async def test_agents_end_only_their_own_calls_managers_end_any(
 ) -> None:
     first, second = team.agents
     prospect = await add_prospect(api, first["token"])
-    started = await start_call(api, first["token"], prospect["id"])
+    started = await start(api, first["token"], prospect["id"])
     variables = {"id": prospect["id"], "log": started["callLogId"], "outcome": "Connected"}
 
     assert await api.error_code(END, variables, second["token"]) == "FORBIDDEN"
@@ -423,8 +412,8 @@ async def test_admins_end_any_call_and_agents_their_own(
 ) -> None:
     first_prospect = await add_prospect(api, team.agent["token"], "(212) 555-0101")
     second_prospect = await add_prospect(api, team.agent["token"], "(212) 555-0102")
-    own = await start_call(api, team.agent["token"], first_prospect["id"])
-    other = await start_call(api, team.agents[1]["token"], second_prospect["id"])
+    own = await start(api, team.agent["token"], first_prospect["id"])
+    other = await start(api, team.agents[1]["token"], second_prospect["id"])
     await api.data(
         END,
         {"id": first_prospect["id"], "log": own["callLogId"], "outcome": "Voicemail"},
@@ -597,11 +586,15 @@ async def test_the_caller_of_a_call_is_always_the_signed_in_user(
         None,
         {},
     )
-    start = next(
+    start_call = next(
         field for field in arguments["data"]["__type"]["fields"] if field["name"] == "startCall"
     )
-    assert {arg["name"] for arg in start["args"]} == {"prospectId", "phoneNumber", "fromNumber"}
+    assert {arg["name"] for arg in start_call["args"]} == {
+        "prospectId",
+        "phoneNumber",
+        "fromNumber",
+    }
     prospect = await add_prospect(api, team.agent["token"])
-    await start_call(api, team.agents[1]["token"], prospect["id"])
+    await start(api, team.agents[1]["token"], prospect["id"])
     caller = await pool.fetchval("SELECT caller_id FROM call_logs")
     assert str(caller) == team.agents[1]["id"]

@@ -1,6 +1,6 @@
 """The server answers at all: login, viewer, a prospect."""
 
-from conftest import Api, Team, add_prospect
+from helpers import Api, Team, add_prospect
 
 
 async def test_viewer_is_the_signed_in_user(api: Api, team: Team) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 import asyncpg
-from conftest import Api, Team, add_prospect
+from helpers import Api, Team, add_prospect
 
 UPDATE = """
 mutation($id: ID!, $input: UpdateProspectInput!) {
