@@ -92,10 +92,6 @@ class CallRuleRefusal(DomainError):
         self.code = code
 
 
-_BY_CODE: dict[str, type[DomainError]] = {
-    cls.code: cls for cls in (BadUserInput, Unauthenticated, Forbidden, NotFound, Conflict)
-}
-
 # Named constraints mapped to what the client should hear.
 _CONSTRAINTS: dict[str, tuple[type[DomainError], str, str | None]] = {
     "prospects_phone_key": (Conflict, "A prospect with this phone number already exists", "phone"),
@@ -158,27 +154,36 @@ _CONSTRAINTS: dict[str, tuple[type[DomainError], str, str | None]] = {
     ),
 }
 
-_RULE_CODES = {
+# The one list of what the dialing rules call their refusals and the reasons nextLead
+# counts (call_eligibility(), end_call(), held_back_shared() in sql/functions): the server
+# answers each with its code and HTTP 409. tests/test_error_codes.py checks it against
+# every code the SQL can name.
+RULE_CODES = (
+    "PROSPECT_ERASED",
     "ALREADY_IN_CALL",
-    "RECENTLY_CALLED",
-    "ASSIGNED_TO_OTHER_AGENT",
-    "CALL_NOT_ACTIVE",
     "DO_NOT_CALL",
+    "RECENTLY_CALLED",
     "OUTSIDE_CALLING_HOURS",
     "MAX_ATTEMPTS_REACHED",
+    "ASSIGNED_TO_OTHER_AGENT",
     "CALLBACK_RESERVED",
     "PROSPECT_CLOSED",
     "RECYCLE_DELAY",
     "CALLBACK_NOT_DUE",
-    "PROSPECT_ERASED",
+    "CALLBACK_PENDING",
+    "CALL_NOT_ACTIVE",
+)
+# The other codes the database may raise, by the error class that carries them.
+ERROR_CLASSES: dict[str, type[DomainError]] = {
+    cls.code: cls for cls in (BadUserInput, Unauthenticated, Forbidden, NotFound, Conflict)
 }
 
 
 def domain_error_from_code(code: str, message: str, **extensions: Any) -> DomainError:
     """The DomainError for a code named by the database."""
-    if code in _RULE_CODES:
+    if code in RULE_CODES:
         return CallRuleRefusal(code, message, **extensions)
-    return _BY_CODE.get(code, BadUserInput)(message, **extensions)
+    return ERROR_CLASSES.get(code, BadUserInput)(message, **extensions)
 
 
 def translate_database_error(error: asyncpg.PostgresError) -> DomainError | None:
