@@ -31,17 +31,16 @@ class CallQueries:
     async def can_call(self, info: GraphInfo, prospect_id: strawberry.ID) -> CallCheck:
         actor = await info.context.require_user()
         # An unknown prospect is an error, as in prospect(id) and the REST can-call.
-        rules = await calls.explain_eligibility(
+        check = await calls.check_call(
             info.context.pool, actor, parse_id(prospect_id, "prospectId")
         )
-        refusal = calls.first_refusal(rules)
-        caller = rules[0]["last_caller_id"]
+        caller = check["last_caller_id"]
         return CallCheck(
-            allowed=refusal is None,
-            reason=refusal["reason"] if refusal else None,
-            code=refusal["code"] if refusal else None,
-            until=refusal["until"] if refusal else None,
-            last_call_time=rules[0]["last_call_time"],
+            allowed=check["code"] is None,
+            reason=check["reason"],
+            code=check["code"],
+            until=check["until"],
+            last_call_time=check["last_call_time"],
             last_caller_id=strawberry.ID(str(caller)) if caller else None,
         )
 

@@ -193,8 +193,8 @@ class DialingQueries:
         )
         return Eligibility(
             prospect_id=prospect_id,
-            callable=calls.first_refusal(rules) is None,
-            callable_by_next_lead=calls.first_refusal(rules, queue=True) is None,
+            callable=not any(rule["refuses_call"] for rule in rules),
+            callable_by_next_lead=not any(rule["refuses_next_lead"] for rule in rules),
             rules=[
                 EligibilityRule(
                     code=rule["code"],

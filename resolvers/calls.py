@@ -62,11 +62,14 @@ async def explain_eligibility(
     return list(rules)
 
 
-def first_refusal(rules: list[asyncpg.Record], *, queue: bool = False) -> asyncpg.Record | None:
-    """The rule that refuses a call (queue-only rules count for nextLead), or None."""
-    return next(
-        (rule for rule in rules if rule["blocking"] and (queue or not rule["queue_only"])), None
-    )
+async def check_call(pool: asyncpg.Pool, actor: Actor, prospect_id: UUID) -> asyncpg.Record:
+    """The first rule refusing the actor a call to the prospect now (code None when none)
+    and the prospect's last call; NOT_FOUND for an unknown prospect."""
+    check = await pool.fetchrow(QUERIES["call_refusal"], prospect_id, actor.id)
+    assert check is not None
+    if check["code"] == "NOT_FOUND":
+        raise NotFound("Prospect not found", field="prospectId")
+    return check
 
 
 async def can_call_prospect(pool: asyncpg.Pool, actor: Actor, prospect_id: UUID) -> object:
