@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from resolvers.auth import Actor
-from resolvers.errors import BadUserInput, CallRuleRefusal, NotFound, database_errors
+from resolvers.errors import BadUserInput, NotFound, database_errors
 from resolvers.limits import MAX_WEEKDAY, MIN_ATTEMPTS, MIN_WEEKDAY
 from resolvers.phones import normalize_phone
 from sql.queries import QUERIES
@@ -231,24 +231,16 @@ async def schedule_callback(
     mine: bool,
     move_to_next_window: bool,
 ) -> asyncpg.Record:
-    """A callback at `at` in the prospect's calling hours (or moved to the next window)."""
-    if at <= datetime.now(at.tzinfo):
-        raise BadUserInput("at must be in the future", field="at")
-    window = await pool.fetchrow(QUERIES["calling_window_for_prospect"], prospect_id, at)
-    if window is None:
-        raise NotFound("Prospect not found", field="prospectId")
-    due = at
-    if not window["is_open"]:
-        if not move_to_next_window or window["next_open"] is None:
-            raise CallRuleRefusal(
-                "OUTSIDE_CALLING_HOURS",
-                "The callback falls outside the prospect's calling hours",
-                until=window["next_open"].isoformat() if window["next_open"] else None,
-            )
-        due = window["next_open"]
+    """A callback at `at` in the prospect's calling hours (or moved to the next window),
+    on a prospect the actor may claim, at most CALLBACK_MAX_DAYS ahead."""
     with database_errors():
         record = await pool.fetchrow(
-            QUERIES["insert_callback"], prospect_id, due, actor.id if mine else None, actor.id
+            QUERIES["schedule_callback"],
+            prospect_id,
+            at,
+            actor.id if mine else None,
+            actor.id,
+            move_to_next_window,
         )
     assert record is not None
     return record

@@ -151,29 +151,28 @@ async def update_prospect(
     changes: ProspectChanges,
     phone_region: str,
 ) -> asyncpg.Record:
-    """The prospect after applying changes; the status trigger logs who changed it."""
+    """The prospect after applying changes, by an actor who may claim it (agents: their own
+    and unassigned prospects); the status trigger logs who changed it."""
     phone = normalize_phone(changes.phone, phone_region) if changes.phone is not None else None
     name = _clean_text(changes.name)
     check_priority(changes.priority)
     await check_time_zone(pool, changes.time_zone)
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("SELECT set_config('app.user_id', $1, true)", str(actor.id))
-        with database_errors():
-            record = await connection.fetchrow(
-                QUERIES["update_prospect"],
-                prospect_id,
-                name,
-                phone,
-                _clean_text(changes.email),
-                _clean_text(changes.company),
-                changes.status,
-                list(changes.cleared),
-                changes.time_zone,
-                phone_time_zones(phone) if phone is not None else None,
-                changes.priority,
-            )
-    if record is None:
-        raise NotFound("Prospect not found", field="id")
+    with database_errors():
+        record = await pool.fetchrow(
+            QUERIES["update_prospect"],
+            actor.id,
+            prospect_id,
+            name,
+            phone,
+            _clean_text(changes.email),
+            _clean_text(changes.company),
+            changes.status,
+            list(changes.cleared),
+            changes.time_zone,
+            phone_time_zones(phone) if phone is not None else None,
+            changes.priority,
+        )
+    assert record is not None
     return record
 
 

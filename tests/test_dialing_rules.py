@@ -496,7 +496,11 @@ async def test_a_callback_outside_hours_is_refused_or_moved(
     api: Api, team: Team, default_rules: None
 ) -> None:
     prospect = await add_prospect(api, team.manager["token"], next_phone())
-    night = "2099-01-14T08:00:00+00:00"  # 03:00 in New York
+    # A night in New York a month ahead (callbacks may be at most 90 days ahead).
+    day = (datetime.now(UTC) + timedelta(days=30)).date()
+    new_york = ZoneInfo("America/New_York")
+    night = datetime(day.year, day.month, day.day, 3, tzinfo=new_york).isoformat()
+    opening = datetime(day.year, day.month, day.day, 8, tzinfo=new_york).astimezone(UTC)
     schedule = (
         "mutation($p: ID!, $at: DateTime!, $move: Boolean!) {"
         " scheduleCallback(prospectId: $p, at: $at, mine: false, moveToNextWindow: $move)"
@@ -506,11 +510,11 @@ async def test_a_callback_outside_hours_is_refused_or_moved(
         schedule, {"p": prospect["id"], "at": night, "move": False}, team.agent["token"]
     )
     assert body["errors"][0]["extensions"]["code"] == "OUTSIDE_CALLING_HOURS"
-    assert body["errors"][0]["extensions"]["until"] == "2099-01-14T13:00:00+00:00"
+    assert body["errors"][0]["extensions"]["until"] == opening.isoformat()
     moved = await api.data(
         schedule, {"p": prospect["id"], "at": night, "move": True}, team.agent["token"]
     )
-    assert moved["scheduleCallback"] == {"dueAt": "2099-01-14T13:00:00+00:00", "agentId": None}
+    assert moved["scheduleCallback"] == {"dueAt": opening.isoformat(), "agentId": None}
 
 
 async def test_assignments_are_offered_to_their_agent_first_until_they_expire(

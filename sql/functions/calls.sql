@@ -18,6 +18,21 @@ LANGUAGE sql STABLE AS $$
         nullif(current_setting('app.active_call_timeout_seconds', true), '')::int, 3600))
 $$;
 
+-- Serialize, until commit, the transactions starting calls to one dialled number (the
+-- same number may be dialled for several prospects), so the cap per number in 24 hours
+-- counts every call before it; p_wait false tries without waiting, as SKIP LOCKED does.
+-- Two keys: the first keeps these locks apart from the application's other advisory locks.
+CREATE OR REPLACE FUNCTION lock_number(p_phone text, p_wait boolean) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_wait THEN
+        PERFORM pg_advisory_xact_lock(7243, hashtext(p_phone));
+        RETURN true;
+    END IF;
+    RETURN pg_try_advisory_xact_lock(7243, hashtext(p_phone));
+END
+$$;
+
 -- Record the start of a call that every rule has allowed, on a prospect row the caller
 -- holds locked: the call log, the active call (the unique prospect_id turns a race into
 -- ALREADY_IN_CALL), due callbacks marked taken, and the event for the wallboards.
@@ -50,8 +65,9 @@ END
 $$;
 
 -- Check and start a call in one transaction. Locking the prospect row serializes every
--- start and end on that prospect, so two racing agents can never both pass the check;
--- the UNIQUE constraint on active_calls.prospect_id stands behind it.
+-- start and end on that prospect, and locking the number every start on that number, so
+-- two racing agents can never both pass the check or a cap; the UNIQUE constraint on
+-- active_calls.prospect_id stands behind them.
 CREATE OR REPLACE FUNCTION start_call(
     p_prospect_id uuid, p_caller_id uuid, p_phone_number text, p_from_number text,
     OUT active_call_id uuid, OUT call_log_id uuid, OUT started_at timestamptz,
@@ -66,6 +82,7 @@ BEGIN
         PERFORM raise_domain_error('NOT_FOUND', 'Prospect not found');
     END IF;
     phone_number := coalesce(p_phone_number, phone_number);
+    PERFORM lock_number(phone_number, true);
     SELECT * INTO v_refusal FROM call_refusal(p_prospect_id, p_caller_id, phone_number, false);
     IF v_refusal.code IS NOT NULL THEN
         PERFORM raise_domain_error(v_refusal.code, v_refusal.reason, jsonb_strip_nulls(jsonb_build_object(

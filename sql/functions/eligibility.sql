@@ -204,6 +204,24 @@ LANGUAGE sql STABLE AS $$
     ) r ON true
 $$;
 
+-- The first rule about whose prospect it is that keeps this user from claiming it (code
+-- NULL when none): an erased prospect is nobody's, and an agent may not take one assigned
+-- to another agent or reserved by another agent's callback. Changing a prospect and
+-- scheduling a callback on it need a claim; managers and admins may claim any.
+CREATE OR REPLACE FUNCTION claim_refusal(
+    p_prospect_id uuid, p_user_id uuid, OUT code text, OUT reason text, OUT until timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT r.code, r.reason, r.until
+    FROM (SELECT 1) one
+    LEFT JOIN LATERAL (
+        SELECT e.code, e.reason, e.until FROM call_eligibility(p_prospect_id, p_user_id) e
+        WHERE e.blocking
+          AND e.code IN ('PROSPECT_ERASED', 'ASSIGNED_TO_OTHER_AGENT', 'CALLBACK_RESERVED')
+        ORDER BY e.rule_order
+        LIMIT 1
+    ) r ON true
+$$;
+
 -- The seed's check, with the seed's JSON shape.
 CREATE OR REPLACE FUNCTION can_call_prospect(p_prospect_id uuid, p_caller_id uuid) RETURNS json
 LANGUAGE sql STABLE AS $$

@@ -13,7 +13,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM new_rows n JOIN prospects p ON p.id = n.prospect_id
                WHERE p.erased_at IS NOT NULL) THEN
-        PERFORM raise_domain_error('CONFLICT',
+        PERFORM raise_domain_error('PROSPECT_ERASED',
             'Prospect was erased on a privacy request and cannot be called');
     END IF;
     RETURN NULL;
@@ -151,3 +151,21 @@ $$;
 CREATE OR REPLACE TRIGGER prospects_clear_erased_time_zones BEFORE UPDATE OF erased_at ON prospects
     FOR EACH ROW WHEN (NEW.erased_at IS NOT NULL AND OLD.erased_at IS NULL)
     EXECUTE FUNCTION clear_erased_time_zones();
+
+-- An erased prospect refuses every change, whichever path makes it: only erasing it again
+-- (which changes nothing) and the update stamp pass.
+CREATE OR REPLACE FUNCTION refuse_changes_to_erased_prospects() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Generated columns are not computed yet in a BEFORE trigger: leave them out.
+    IF to_jsonb(NEW) - 'updated_at' - 'queue_zones'
+       IS DISTINCT FROM to_jsonb(OLD) - 'updated_at' - 'queue_zones' THEN
+        PERFORM raise_domain_error('PROSPECT_ERASED',
+            'Prospect was erased on a privacy request and cannot be changed');
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER prospects_refuse_changes_when_erased BEFORE UPDATE ON prospects
+    FOR EACH ROW WHEN (OLD.erased_at IS NOT NULL)
+    EXECUTE FUNCTION refuse_changes_to_erased_prospects();

@@ -32,6 +32,45 @@ LANGUAGE sql STABLE AS $$
     SELECT p_prospect.final_at IS NULL AND p_prospect.erased_at IS NULL
 $$;
 
+-- Change the given fields of a prospect (NULL keeps a field; p_cleared names the fields to
+-- empty: email, company, timeZone), as p_actor, who must be able to claim it
+-- (claim_refusal(): agents change unassigned prospects and their own, managers and admins
+-- any; nobody an erased one). The status trigger logs the change with the actor.
+CREATE OR REPLACE FUNCTION update_prospect(
+    p_actor uuid, p_prospect_id uuid, p_name text, p_phone text, p_email text,
+    p_company text, p_status text, p_cleared text[], p_time_zone text,
+    p_phone_time_zones text[], p_priority int)
+RETURNS SETOF prospects
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_refusal record;
+BEGIN
+    PERFORM act_as(p_actor);
+    PERFORM 1 FROM prospects WHERE id = p_prospect_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM raise_domain_error('NOT_FOUND', 'Prospect not found', '{"field": "id"}');
+    END IF;
+    SELECT * INTO v_refusal FROM claim_refusal(p_prospect_id, p_actor);
+    IF v_refusal.code IS NOT NULL THEN
+        PERFORM raise_domain_error(v_refusal.code, v_refusal.reason,
+            jsonb_strip_nulls(jsonb_build_object('until', v_refusal.until)));
+    END IF;
+    RETURN QUERY
+    UPDATE prospects SET
+        name = coalesce(p_name, name),
+        phone = coalesce(p_phone, phone),
+        email = CASE WHEN 'email' = ANY(p_cleared) THEN NULL ELSE coalesce(p_email, email) END,
+        company = CASE WHEN 'company' = ANY(p_cleared) THEN NULL ELSE coalesce(p_company, company) END,
+        status = coalesce(p_status, status),
+        time_zone = CASE WHEN 'timeZone' = ANY(p_cleared) THEN NULL
+                         ELSE coalesce(p_time_zone, time_zone) END,
+        phone_time_zones = coalesce(p_phone_time_zones, phone_time_zones),
+        priority = coalesce(p_priority, priority)
+    WHERE id = p_prospect_id
+    RETURNING *;
+END
+$$;
+
 -- The seed's view: a prospect with its call in progress, call count, last call and live
 -- assignment.
 CREATE OR REPLACE VIEW prospects_with_call_info AS

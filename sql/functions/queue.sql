@@ -113,17 +113,19 @@ BEGIN
             v_stage := v_stage + 1;
             CONTINUE;
         END IF;
+        v_seen := v_seen || v_candidate;
+        phone_number := (SELECT p.phone FROM prospects p WHERE p.id = v_candidate);
+        -- Another agent is starting a call to the number: take another prospect.
+        CONTINUE WHEN NOT lock_number(phone_number, false);
         SELECT * INTO v_refusal FROM call_refusal(v_candidate, p_agent_id, NULL, true);
         IF v_refusal.code IS NULL THEN
-            -- Checked just now under this transaction's lock: record it without a second check.
+            -- Checked just now under this transaction's locks: record it without a second check.
             prospect_id := v_candidate;
-            phone_number := (SELECT p.phone FROM prospects p WHERE p.id = v_candidate);
             SELECT * INTO active_call_id, call_log_id, started_at, active_call
             FROM record_call_start(v_candidate, p_agent_id, phone_number, NULL);
             RETURN NEXT;
             RETURN;
         END IF;
-        v_seen := v_seen || v_candidate;
         -- A cap the queue's filters cannot see (a manager lowered it, or calls were logged
         -- on another path): close the prospect at the total cap, or set it aside until the
         -- cap lifts, as ending the call that reaches a cap does. It is refused once, not

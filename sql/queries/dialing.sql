@@ -71,17 +71,12 @@ UPDATE dialing_rules SET
 RETURNING max_attempts_total, max_attempts_per_day, max_attempts_per_number_24h,
           extract(epoch FROM callback_grace)::int AS callback_grace_seconds, default_time_zone;
 
--- name: calling_window_for_prospect
--- Whether calling is open for the prospect at $2, and when it next opens. $1 prospect.
-SELECT w.is_open, w.next_open
-FROM prospects p, calling_window(prospect_time_zones(p.queue_zones), $2) w
-WHERE p.id = $1;
-
--- name: insert_callback
--- Schedule a callback. $1 prospect, $2 due at, $3 agent or NULL for anyone, $4 acting user.
-INSERT INTO callbacks (prospect_id, due_at, agent_id, created_by)
-VALUES ($1, $2, $3, $4)
-RETURNING id, prospect_id, due_at, agent_id, created_by, created_at, taken_at;
+-- name: schedule_callback
+-- Schedule a callback as the acting user, who must be able to claim the prospect. $1
+-- prospect, $2 due at, $3 agent or NULL for anyone, $4 acting user, $5 move it to the next
+-- calling window when $2 falls outside.
+SELECT id, prospect_id, due_at, agent_id, created_by, created_at, taken_at
+FROM schedule_callback($1, $2, $3, $4, $5);
 
 -- name: open_callbacks
 -- Callbacks not yet taken, soonest first; only the agent's own and anyone's when $1 is

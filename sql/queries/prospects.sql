@@ -42,21 +42,13 @@ RETURNING id, name, phone, email, company, status, last_call, created_at, update
        time_zone, priority, prospect_time_zones(queue_zones) AS time_zones;
 
 -- name: update_prospect
--- Change the given fields (NULL keeps a field; $7 lists the fields to clear). $1 id,
--- $2 name, $3 phone, $4 email, $5 company, $6 status, $7 text[] of cleared fields,
--- $8 explicit time zone, $9 the new phone's time zones (with $3), $10 priority.
-UPDATE prospects SET
-    name = coalesce($2, name),
-    phone = coalesce($3, phone),
-    email = CASE WHEN 'email' = ANY($7::text[]) THEN NULL ELSE coalesce($4, email) END,
-    company = CASE WHEN 'company' = ANY($7::text[]) THEN NULL ELSE coalesce($5, company) END,
-    status = coalesce($6, status),
-    time_zone = CASE WHEN 'timeZone' = ANY($7::text[]) THEN NULL ELSE coalesce($8, time_zone) END,
-    phone_time_zones = coalesce($9, phone_time_zones),
-    priority = coalesce($10, priority)
-WHERE id = $1
-RETURNING id, name, phone, email, company, status, last_call, created_at, updated_at,
-       time_zone, priority, prospect_time_zones(queue_zones) AS time_zones;
+-- Change the given fields as the acting user, who must be able to claim the prospect
+-- (NULL keeps a field; $8 lists the fields to clear). $1 acting user, $2 id, $3 name,
+-- $4 phone, $5 email, $6 company, $7 status, $8 text[] of cleared fields, $9 explicit time
+-- zone, $10 the new phone's time zones (with $4), $11 priority.
+SELECT id, name, phone, email, company, status, last_call, created_at, updated_at,
+       time_zone, priority, prospect_time_zones(queue_zones) AS time_zones
+FROM update_prospect($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11);
 
 -- name: status_history_for_prospects
 -- The newest status changes of each prospect, newest first. $1 uuid[], $2 per-prospect limit.
