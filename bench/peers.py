@@ -797,7 +797,7 @@ WITH lists AS (
 )
 INSERT INTO prospects (name, phone, email, company, created_at, updated_at)
 SELECT f || ' ' || l,
-       '+1646' || lpad(((n * 7919) % 10000000)::text, 7, '0'),
+       '+1646' || lpad(((n::bigint * 7919) % 10000000)::text, 7, '0'),
        lower(f) || '.' || lower(l) || n || '@'
            || (ARRAY['example.com', 'mail.test', 'corp.example'])[1 + n % 3],
        CASE WHEN n % 5 <> 0 THEN companies[1 + n % cardinality(companies)] END,
