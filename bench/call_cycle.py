@@ -738,6 +738,11 @@ def report(options: Options, reports: list[PathReport], per_client: int) -> int:
         "other processes (WAL writer, checkpointer, autovacuum; partly background cost), "
         "and of the load generator."
     )
+    if options.graphql:
+        print(
+            "The server's CPU on the asyncpg path is its listener taking the call events "
+            "those cycles publish (NOTIFY), as it would from any other client."
+        )
     failed = False
     for path in reports:
         effects = path.effects
