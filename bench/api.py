@@ -68,24 +68,6 @@ mutation Start($prospectId: ID!) {
 }
 """
 
-# Seeding only: set-based inserts from parallel arrays.
-INSERT_CALL_LOGS = """
-INSERT INTO call_logs (prospect_id, caller_id, phone_number, started_at, ended_at, outcome,
-                       duration)
-SELECT prospect_id, caller_id, phone, started_at,
-       started_at + make_interval(secs => duration), outcome, duration
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::int[])
-     AS t(prospect_id, caller_id, phone, started_at, outcome, duration)
-"""
-UPDATE_LAST_CALL = """
-UPDATE prospects p SET last_call = c.last_call
-FROM (SELECT prospect_id, max(started_at) AS last_call FROM call_logs GROUP BY prospect_id) c
-WHERE c.prospect_id = p.id
-"""
-INSERT_ASSIGNMENTS = """
-INSERT INTO lead_assignments (prospect_id, agent_id, assigned_by, expires_at)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
-"""
 CALLS_SINCE = """
 SELECT count(*) FROM call_logs
 WHERE prospect_id = ANY($1::uuid[]) AND outcome = $2 AND started_at >= $3
@@ -161,12 +143,14 @@ async def seed(url: str, prospect_count: int, agent_count: int) -> Seeded:
                             rng.randint(0, 900),
                         )
                     )
-            await connection.execute(INSERT_CALL_LOGS, *map(list, zip(*history, strict=True)))
-            await connection.execute(UPDATE_LAST_CALL)
+            await connection.execute(
+                common.INSERT_CALL_LOGS, *map(list, zip(*history, strict=True))
+            )
+            await connection.execute(common.UPDATE_LAST_CALL)
 
             assigned = [row["id"] for index, row in enumerate(newest) if index % 3 == 0]
             await connection.execute(
-                INSERT_ASSIGNMENTS,
+                common.INSERT_ASSIGNMENTS,
                 assigned,
                 [rng.choice(agent_ids) for _ in assigned],
                 [manager["id"]] * len(assigned),
@@ -196,7 +180,7 @@ async def seed(url: str, prospect_count: int, agent_count: int) -> Seeded:
                     agent.prospects[path] = prospect_id
                     cycle_assignments.append((prospect_id, agent.id))
             await connection.execute(
-                INSERT_ASSIGNMENTS,
+                common.INSERT_ASSIGNMENTS,
                 [pair[0] for pair in cycle_assignments],
                 [pair[1] for pair in cycle_assignments],
                 [manager["id"]] * len(cycle_assignments),

