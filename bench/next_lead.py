@@ -359,7 +359,7 @@ SELECT (SELECT count(*) FROM lead_assignments) AS assignments,
 
 FUNCTION_STATS = """
 SELECT funcname, calls, total_time FROM pg_stat_user_functions
-WHERE funcname IN ('next_lead', 'call_eligibility')
+WHERE funcname IN ('next_lead', 'call_refusal')
 """
 DATABASE_STATS = """
 SELECT deadlocks, xact_rollback FROM pg_stat_database WHERE datname = current_database()
@@ -388,7 +388,7 @@ OPEN_ZONES = "SELECT array_agg(array_to_string(zones, '+')) FROM open_queue_zone
 CLOSE_ALL_HOURS = "DELETE FROM calling_hours"
 # call_eligibility() runs in this transaction so far.
 XACT_ELIGIBILITY_CHECKS = """
-SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'call_eligibility'
+SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'call_refusal'
 """
 AUTO_EXPLAIN = """
 LOAD 'auto_explain';
