@@ -392,12 +392,17 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
     """Subscribers join while agents start and end calls as fast as they can: each one's
     SNAPSHOT plus the events after it, applied in order, must be the database's active
     calls, with numbers following on without gaps and no call started or ended twice."""
+    watchers_count, calls_between_joins = 20, 4
     async with running_server(replace(settings, min_call_interval_seconds=0)) as api:
         agents = [await add_user(pool, api, f"racer{i}@test.example", "agent") for i in range(6)]
         prospects = [await add_prospect(api, agents[0]["token"], next_phone()) for _ in range(12)]
+        marker = await add_prospect(api, agents[0]["token"], next_phone(), name="Marker")
+        cycles = 0
+        joined = 0
         writing = True
 
         async def work(agent: dict[str, Any], mine: list[dict[str, Any]]) -> None:
+            nonlocal cycles
             while writing:
                 for prospect in mine:
                     body = await api.graphql(START_CALL, {"p": prospect["id"]}, agent["token"])
@@ -405,19 +410,23 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
                         continue
                     call = body["data"]["startCall"]
                     await end(api, agent["token"], prospect["id"], call["callLogId"])
+                    cycles += 1
 
-        async def watch(delay: float) -> tuple[set[str], list[int]]:
-            """Join after delay; return the active calls seen and the numbers received."""
-            await asyncio.sleep(delay)  # a staggered start, not a wait for a state
+        async def watch(turn: int) -> tuple[set[str], list[int]]:
+            """Join once the writers have made turn * calls_between_joins calls; return
+            the active calls seen and the numbers received."""
+            nonlocal joined
+            await wait_until(lambda: cycles >= turn * calls_between_joins, 60, "writers")
             active: set[str] = set()
             numbers: list[int] = []
             async with subscribe(api, agents[0]["token"]) as stream:
-                snapshot = await stream.next()
+                snapshot = await stream.next(within=30)
+                joined += 1
                 assert snapshot["type"] == "SNAPSHOT"
                 active = {call["callLogId"] for call in snapshot["activeCalls"]}
                 numbers.append(snapshot["seq"])
                 while True:
-                    event = await stream.next()
+                    event = await stream.next(within=30)
                     if event["type"] == "SNAPSHOT":  # resynced: start over from it
                         active = {call["callLogId"] for call in event["activeCalls"]}
                         numbers = [event["seq"]]
@@ -433,14 +442,14 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
                     if event["activeCall"]["prospectId"] == marker["id"]:
                         return active, numbers
 
-        marker = await add_prospect(api, agents[0]["token"], next_phone(), name="Marker")
         pairs = [prospects[i::6] for i in range(6)]
         writers = [
             asyncio.create_task(work(agent, mine))
             for agent, mine in zip(agents, pairs, strict=True)
         ]
-        watchers = [asyncio.create_task(watch(0.05 * n)) for n in range(20)]
-        await asyncio.sleep(1.5)  # let the writers and the joiners overlap for a while
+        watchers = [asyncio.create_task(watch(turn)) for turn in range(watchers_count)]
+        # Writers keep going until every watcher has joined in the middle of their work.
+        await wait_until(lambda: joined == watchers_count, 120, "every watcher to join")
         writing = False
         await asyncio.gather(*writers)
         # Everything committed before the marker reaches every watcher before it.
@@ -454,5 +463,4 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
         for active, numbers in results:
             assert active == in_database
             assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
-        calls = await pool.fetchval("SELECT count(*) FROM call_logs")
-        assert calls > 20, "the writers hardly wrote: the race did not happen"
+        assert cycles >= watchers_count * calls_between_joins

@@ -83,90 +83,95 @@ CREATE OR REPLACE FUNCTION call_eligibility(
     p_prospect_id uuid, p_caller_id uuid, p_phone text DEFAULT NULL, p_at timestamptz DEFAULT now())
 RETURNS TABLE (rule_order int, code text, blocking boolean, queue_only boolean,
                until timestamptz, reason text, last_call_time timestamptz, last_caller_id uuid)
-LANGUAGE sql STABLE AS $$
-    -- One statement: the facts each rule needs, each looked up once, then one row per rule.
-    WITH facts AS MATERIALIZED (
-        SELECT p AS prospect, r AS rules, coalesce(p_phone, p.phone) AS phone,
-               prospect_time_zones(p.queue_zones) AS zones,
-               coalesce((SELECT u.role <> 'agent' FROM users u WHERE u.id = p_caller_id), false)
-                   AS supervisor,
-               last.started_at AS last_time, last.caller_id AS last_caller
-        FROM prospects p
-        CROSS JOIN dialing_rules r
-        LEFT JOIN LATERAL (
-            SELECT c.started_at, c.caller_id FROM call_logs c
-            WHERE c.prospect_id = p.id ORDER BY c.started_at DESC LIMIT 1
-        ) last ON true
-        WHERE p.id = p_prospect_id
-    )
-    SELECT rule.*, f.last_time, f.last_caller
-    FROM facts f
-    CROSS JOIN LATERAL calling_window(f.zones, p_at) w
-    CROSS JOIN LATERAL attempt_caps(p_prospect_id, f.zones, p_at) caps
+LANGUAGE plpgsql STABLE AS $$
+-- Each fact is looked up once, by a small statement whose plan the session keeps; one
+-- statement then lists the rules. (One big SQL statement instead took milliseconds to plan.)
+DECLARE
+    v_prospect prospects%ROWTYPE;
+    v_rules dialing_rules%ROWTYPE;
+    v_phone text;
+    v_supervisor boolean;
+    v_last_time timestamptz;
+    v_last_caller uuid;
+    v_zones text[];
+    v_window record;
+    v_caps record;
+    v_number_calls bigint;
+    v_number_oldest timestamptz;
+    v_listed boolean;
+    v_listed_until timestamptz;
+    v_assigned record;
+    v_reserved_until timestamptz;
+    v_next_callback timestamptz;
+BEGIN
+    SELECT * INTO v_prospect FROM prospects WHERE id = p_prospect_id;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 0, 'NOT_FOUND', true, false, NULL::timestamptz, 'Prospect not found',
+                            NULL::timestamptz, NULL::uuid;
+        RETURN;
+    END IF;
+    SELECT * INTO v_rules FROM dialing_rules;
+    v_phone := coalesce(p_phone, v_prospect.phone);
+    v_zones := prospect_time_zones(v_prospect.queue_zones);
+    v_supervisor := coalesce((SELECT u.role <> 'agent' FROM users u WHERE u.id = p_caller_id), false);
+    SELECT c.started_at, c.caller_id INTO v_last_time, v_last_caller
+    FROM call_logs c WHERE c.prospect_id = p_prospect_id ORDER BY c.started_at DESC LIMIT 1;
+    SELECT true, d.expires_at INTO v_listed, v_listed_until
+    FROM do_not_call d WHERE d.phone = v_phone AND do_not_call_in_force(d, p_at);
+    SELECT * INTO v_window FROM calling_window(v_zones, p_at);
+    SELECT * INTO v_caps FROM attempt_caps(p_prospect_id, v_zones, p_at);
     -- The number, whichever prospect it was dialled for, in the last 24 hours.
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS calls, min(recent.started_at) AS oldest FROM (
-            SELECT c.started_at FROM call_logs c
-            WHERE c.phone_number = f.phone
-              AND c.started_at > p_at - interval '24 hours' AND c.started_at <= p_at
-            ORDER BY c.started_at DESC LIMIT (f.rules).max_attempts_per_number_24h) recent
-    ) number
-    LEFT JOIN LATERAL (
-        SELECT true AS found, d.expires_at FROM do_not_call d
-        WHERE d.phone = f.phone AND do_not_call_in_force(d, p_at)
-    ) listed ON true
-    LEFT JOIN LATERAL (
-        SELECT la.agent_id, la.expires_at FROM lead_assignments la
-        WHERE la.prospect_id = p_prospect_id AND assignment_is_live(la, p_at)
-    ) assigned ON true
+    SELECT count(*), min(recent.started_at) INTO v_number_calls, v_number_oldest FROM (
+        SELECT c.started_at FROM call_logs c
+        WHERE c.phone_number = v_phone AND c.started_at > p_at - interval '24 hours'
+          AND c.started_at <= p_at
+        ORDER BY c.started_at DESC LIMIT v_rules.max_attempts_per_number_24h) recent;
+    SELECT la.agent_id, la.expires_at INTO v_assigned FROM lead_assignments la
+    WHERE la.prospect_id = p_prospect_id AND assignment_is_live(la, p_at);
     -- An agent-only callback holds the prospect for its agent until due + grace.
-    LEFT JOIN LATERAL (
-        SELECT callback_reserved_until(cb, (f.rules).callback_grace) AS until FROM callbacks cb
-        WHERE cb.prospect_id = p_prospect_id
-          AND callback_reserves(cb, p_caller_id, p_at, (f.rules).callback_grace)
-        ORDER BY cb.due_at LIMIT 1
-    ) reserved ON true
-    LEFT JOIN LATERAL (
-        SELECT min(cb.due_at) AS due_at FROM callbacks cb
-        WHERE cb.prospect_id = p_prospect_id AND cb.taken_at IS NULL AND cb.due_at > p_at
-    ) later ON true
-    CROSS JOIN LATERAL (VALUES
-        (0, 'PROSPECT_ERASED', (f.prospect).erased_at IS NOT NULL, false, NULL::timestamptz,
+    SELECT callback_reserved_until(cb, v_rules.callback_grace) INTO v_reserved_until
+    FROM callbacks cb
+    WHERE cb.prospect_id = p_prospect_id
+      AND callback_reserves(cb, p_caller_id, p_at, v_rules.callback_grace)
+    ORDER BY cb.due_at LIMIT 1;
+    SELECT min(cb.due_at) INTO v_next_callback FROM callbacks cb
+    WHERE cb.prospect_id = p_prospect_id AND cb.taken_at IS NULL AND cb.due_at > p_at;
+
+    RETURN QUERY SELECT rule.*, v_last_time, v_last_caller FROM (VALUES
+        (0, 'PROSPECT_ERASED', v_prospect.erased_at IS NOT NULL, false, NULL::timestamptz,
          'The prospect''s personal data was erased'),
         (1, 'ALREADY_IN_CALL',
          EXISTS (SELECT 1 FROM active_calls a WHERE a.prospect_id = p_prospect_id), false, NULL,
          'Prospect is currently on another call'),
-        (2, 'DO_NOT_CALL', listed.found IS NOT NULL, false, listed.expires_at,
+        (2, 'DO_NOT_CALL', coalesce(v_listed, false), false, v_listed_until,
          'The number is on the Do-Not-Call list'),
-        (3, 'RECENTLY_CALLED', called_recently(f.last_time, p_at), false,
-         f.last_time + min_call_interval(),
+        (3, 'RECENTLY_CALLED', called_recently(v_last_time, p_at), false,
+         v_last_time + min_call_interval(),
          'Prospect was called recently (within ' || describe_interval(min_call_interval()) || ')'),
-        (4, 'OUTSIDE_CALLING_HOURS', NOT w.is_open, false, w.next_open,
-         'Outside calling hours in ' || array_to_string(f.zones, ', ')),
-        (5, 'MAX_ATTEMPTS_REACHED', caps.total_reached, false, NULL,
-         'Prospect reached ' || caps.max_total || ' attempts in total'),
-        (6, 'MAX_ATTEMPTS_REACHED', caps.day_reached, false, caps.day_ends,
-         'Prospect reached ' || caps.max_per_day || ' attempts today'),
-        (7, 'MAX_ATTEMPTS_REACHED', number.calls >= (f.rules).max_attempts_per_number_24h, false,
-         number.oldest + interval '24 hours',
-         'The number was called ' || (f.rules).max_attempts_per_number_24h || ' times in 24 hours'),
+        (4, 'OUTSIDE_CALLING_HOURS', NOT v_window.is_open, false, v_window.next_open,
+         'Outside calling hours in ' || array_to_string(v_zones, ', ')),
+        (5, 'MAX_ATTEMPTS_REACHED', v_caps.total_reached, false, NULL,
+         'Prospect reached ' || v_caps.max_total || ' attempts in total'),
+        (6, 'MAX_ATTEMPTS_REACHED', v_caps.day_reached, false, v_caps.day_ends,
+         'Prospect reached ' || v_caps.max_per_day || ' attempts today'),
+        (7, 'MAX_ATTEMPTS_REACHED', v_number_calls >= v_rules.max_attempts_per_number_24h, false,
+         v_number_oldest + interval '24 hours',
+         'The number was called ' || v_rules.max_attempts_per_number_24h || ' times in 24 hours'),
         (8, 'ASSIGNED_TO_OTHER_AGENT',
-         assigned.agent_id IS NOT NULL AND assigned.agent_id <> p_caller_id AND NOT f.supervisor,
-         false, assigned.expires_at, 'Prospect is assigned to another agent'),
-        (9, 'CALLBACK_RESERVED', reserved.until IS NOT NULL AND NOT f.supervisor, false,
-         reserved.until, 'A callback reserves this prospect for another agent'),
+         v_assigned.agent_id IS NOT NULL AND v_assigned.agent_id <> p_caller_id
+             AND NOT v_supervisor,
+         false, v_assigned.expires_at, 'Prospect is assigned to another agent'),
+        (9, 'CALLBACK_RESERVED', v_reserved_until IS NOT NULL AND NOT v_supervisor, false,
+         v_reserved_until, 'A callback reserves this prospect for another agent'),
         -- Queue-only rules.
-        (10, 'PROSPECT_CLOSED', (f.prospect).final_at IS NOT NULL, true, NULL,
+        (10, 'PROSPECT_CLOSED', v_prospect.final_at IS NOT NULL, true, NULL,
          'The prospect left the queue (a final outcome, or its attempts are used up)'),
-        (11, 'RECYCLE_DELAY', recycling(f.prospect, p_at), true, (f.prospect).recycle_until,
+        (11, 'RECYCLE_DELAY', recycling(v_prospect, p_at), true, v_prospect.recycle_until,
          'The last outcome asks to wait before calling again'),
-        (12, 'CALLBACK_NOT_DUE', later.due_at IS NOT NULL, true, later.due_at,
+        (12, 'CALLBACK_NOT_DUE', v_next_callback IS NOT NULL, true, v_next_callback,
          'A callback is scheduled for later')
-    ) AS rule (rule_order, code, blocking, queue_only, until, reason)
-    UNION ALL
-    SELECT 0, 'NOT_FOUND', true, false, NULL, 'Prospect not found', NULL, NULL
-    WHERE NOT EXISTS (SELECT 1 FROM facts)
-    ORDER BY 1
+    ) AS rule (rule_order, code, blocking, queue_only, until, reason);
+END
 $$;
 
 -- Whether a rule refuses the call: it blocks, and it is not a queue-only rule (those
