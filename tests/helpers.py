@@ -168,6 +168,15 @@ class Api:
         return token
 
 
+@asynccontextmanager
+async def client_from(base_url: str, address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client whose connections come from another loopback address (127.0.0.2,
+    127.0.0.3, ...): to the server, a real socket peer other than 127.0.0.1."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=30) as client:
+        yield client
+
+
 def bearer(token: str) -> dict[str, str]:
     """An Authorization header for a token."""
     return {"authorization": f"Bearer {token}"}
@@ -187,6 +196,9 @@ async def running_server(
         lifespan="on",
         ws_ping_interval=settings.ws_ping_seconds,
         ws_ping_timeout=settings.ws_ping_seconds,
+        # As `server.py serve` does: X-Forwarded-For from the trusted proxies only.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
