@@ -16,6 +16,8 @@ from typing import Any, cast
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -23,6 +25,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 
@@ -197,6 +200,18 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/wallboard", wallboard),
+        ],
+        middleware=[
+            # Pages on ALLOWED_ORIGINS (the origins that may open WebSockets) may call the
+            # API from the browser too. Bearer tokens travel in a header, never a cookie:
+            # no credentials mode, so no page can ride on what a browser holds.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(normalize_allowed_origins(settings.allowed_origins)),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["Retry-After"],
+            )
         ],
         lifespan=lifespan,
     )

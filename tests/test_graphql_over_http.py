@@ -17,13 +17,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import ROOT, Api, Team, bearer, table_rows
+from helpers import IN_CI, ROOT, Api, Team, bearer, table_rows
 
 SCRIPT = ROOT / "tests" / "graphql_http_audit.js"
 NODE_DIR = ROOT / "tests" / ".node"
 # Pinned, so a new release of the audit cannot turn the suite red by itself.
 PACKAGES = {"graphql-http": "1.23.1", "graphql": "16.15.0"}
-IN_CI = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 BOTH = f"{GRAPHQL_RESPONSE}, application/json"
 # Tables a request could write: the audit and the refusals below must write nothing.
