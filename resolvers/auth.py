@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import ipaddress
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +31,8 @@ SUPERVISORS = ("manager", "admin")
 # bcrypt reads at most 72 bytes; longer passwords are refused rather than silently cut.
 MAX_PASSWORD_BYTES = 72
 MIN_PASSWORD_LENGTH = 8
+# How long a login waits for the same client's attempts being checked before it may start.
+LOGIN_QUEUE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,41 @@ def client_address(host: str | None) -> str | None:
     return str(address)
 
 
+async def begin_login(
+    pool: asyncpg.Pool, email: str, address: str | None, limits: LoginLimits
+) -> int:
+    """The id of a login attempt the database has let start, or TOO_MANY_REQUESTS. While
+    the client's other attempts are being checked and their outcome decides, wait for them
+    (a crowd behind one address queues; a burst of guesses stops at the limit)."""
+    deadline = time.monotonic() + LOGIN_QUEUE_SECONDS
+    pause = 0.02
+    while True:
+        # An email the database cannot hold (a NUL byte) is bad input, not a server error.
+        with database_errors():
+            attempt = await pool.fetchrow(
+                QUERIES["begin_login"],
+                email,
+                address,
+                limits.max_failures,
+                limits.max_address_failures,
+                limits.backoff_seconds,
+                limits.backoff_max_seconds,
+                limits.window_seconds,
+            )
+        assert attempt is not None  # begin_login() returns one row
+        if attempt["attempt_id"] is not None:
+            attempt_id: int = attempt["attempt_id"]
+            return attempt_id
+        wait = attempt["retry_after_seconds"]
+        if wait is None and time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+            continue
+        raise TooManyRequests(
+            "Too many failed sign-ins; try again later", retryAfterSeconds=wait or 1
+        )
+
+
 async def login(
     pool: asyncpg.Pool, email: str, password: str, host: str | None, limits: LoginLimits
 ) -> tuple[str, asyncpg.Record]:
@@ -182,39 +221,33 @@ async def login(
     signing in from elsewhere. A client told to wait costs no password check.
     """
     key = email.strip().lower()
-    # An email the database cannot hold (a NUL byte) is bad input, not a server error.
-    with database_errors():
-        attempt = await pool.fetchrow(
-            QUERIES["begin_login"],
-            key,
-            client_address(host),
-            limits.max_failures,
-            limits.max_address_failures,
-            limits.backoff_seconds,
-            limits.backoff_max_seconds,
-            limits.window_seconds,
-        )
-    assert attempt is not None  # begin_login() returns one row
-    attempt_id = attempt["attempt_id"]
-    if attempt_id is None:
-        raise TooManyRequests(
-            "Too many failed sign-ins; try again later",
-            retryAfterSeconds=attempt["retry_after_seconds"],
-        )
-    user = await pool.fetchrow(QUERIES["user_by_email"], key)
-    # The same bcrypt cost whether or not the email exists, so timing does not tell.
-    stored = user["password_hash"] if user else dummy_hash(limits.bcrypt_rounds)
-    valid = await verify_password(password, stored) and user is not None and user["active"]
-    if not valid or user is None:
-        await pool.execute(QUERIES["finish_login"], attempt_id, False, limits.window_seconds)
-        raise Unauthenticated("Invalid email or password")
-    token = secrets.token_urlsafe(32)
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(QUERIES["finish_login"], attempt_id, True, limits.window_seconds)
-        await connection.execute(
-            QUERIES["insert_session"], hash_token(token), user["id"], limits.token_ttl_seconds
-        )
-    return token, user
+    attempt_id = await begin_login(pool, key, client_address(host), limits)
+    try:
+        user = await pool.fetchrow(QUERIES["user_by_email"], key)
+        # The same bcrypt cost whether or not the email exists, so timing does not tell.
+        stored = user["password_hash"] if user else dummy_hash(limits.bcrypt_rounds)
+        valid = await verify_password(password, stored) and user is not None and user["active"]
+        if valid and user is not None:
+            token = secrets.token_urlsafe(32)
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute(
+                    QUERIES["finish_login"], attempt_id, True, limits.window_seconds
+                )
+                await connection.execute(
+                    QUERIES["insert_session"],
+                    hash_token(token),
+                    user["id"],
+                    limits.token_ttl_seconds,
+                )
+            return token, user
+    except BaseException:
+        # Whatever went wrong, the attempt is settled as failed rather than left "being
+        # checked", where it would hold up this client's next attempts.
+        with contextlib.suppress(Exception):
+            await pool.execute(QUERIES["finish_login"], attempt_id, False, limits.window_seconds)
+        raise
+    await pool.execute(QUERIES["finish_login"], attempt_id, False, limits.window_seconds)
+    raise Unauthenticated("Invalid email or password")
 
 
 async def logout(pool: asyncpg.Pool, token: str) -> bool:

@@ -220,6 +220,23 @@ async def test_thirty_emails_at_once_from_one_address_are_throttled(
     assert await sessions_of(pool, users[OTHER]) == 1
 
 
+async def test_a_crowd_signing_in_at_once_from_one_address_gets_in(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    """Fifty people behind one address (an office's NAT) at the start of a shift: attempts
+    being checked make the others queue, not fail, when they prove right."""
+    crowd = [f"floor{n}@test.example" for n in range(50)]
+    for email in crowd:
+        await create_user(
+            pool, email=email, name="floor", password=PASSWORD, role="agent", bcrypt_rounds=4
+        )
+    async with client_from(api.base_url, "127.0.0.8") as office:
+        answers = await asyncio.gather(*(graphql_login(office, email, PASSWORD) for email in crowd))
+    assert [code(answer) for answer in answers] == [None] * len(crowd)
+    assert await pool.fetchval("SELECT count(DISTINCT user_id) FROM sessions") == len(crowd)
+    assert await failures(pool) == []
+
+
 async def test_a_right_password_forgives_only_that_emails_failures(
     api: Api, users: dict[str, str], pool: asyncpg.Pool
 ) -> None:

@@ -28,13 +28,16 @@ LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
--- Start a login attempt for a lower-cased email from a client address. Either it must
--- wait (attempt_id NULL, retry_after_seconds how long), or the attempt is recorded as a
--- failure before the password is checked (finish_login() deletes it when the password was
--- right): attempts checked at the same time count against each other, so a burst of
--- concurrent guesses is throttled as surely as a sequence. Limits: p_max_failures for the
--- email from this client, p_max_address_failures from this client across all emails,
--- counted over the last p_window_seconds.
+-- Start a login attempt for a lower-cased email from a client address. Three answers:
+-- - the client must wait: attempt_id NULL, retry_after_seconds how long;
+-- - attempts of this client still being checked decide whether it must wait, so this one
+--   cannot start yet (both NULL): ask again shortly. As many may be checked at once as
+--   failures are left before the wait (one, once waiting has begun), so a burst of
+--   concurrent guesses stops exactly at the limit, while a crowd signing in from one
+--   address only queues;
+-- - it may start: attempt_id, recorded as being checked; finish_login() settles it.
+-- Limits: p_max_failures for the email from this client, p_max_address_failures from this
+-- client across all emails, counted over the last p_window_seconds.
 CREATE OR REPLACE FUNCTION begin_login(
     p_email text, p_address inet, p_max_failures int, p_max_address_failures int,
     p_backoff_seconds float8, p_backoff_max_seconds float8, p_window_seconds float8
@@ -42,36 +45,53 @@ CREATE OR REPLACE FUNCTION begin_login(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_client cidr := login_client(p_address);
+    v_now timestamptz;
+    v_counts record;
     v_wait_until timestamptz;
 BEGIN
-    -- One attempt of a client at a time reads and writes its count; only this short
-    -- step is serialised, not the password check.
+    -- One attempt of a client at a time reads and writes its rows; only this short step
+    -- is serialised, never a password check.
     PERFORM pg_advisory_xact_lock(hashtextextended('login ' || v_client::text, 0));
-    SELECT greatest(
-               login_wait_until(count(*) FILTER (WHERE f.email = p_email),
-                                max(f.failed_at) FILTER (WHERE f.email = p_email),
-                                p_max_failures, p_backoff_seconds, p_backoff_max_seconds),
-               login_wait_until(count(*), max(f.failed_at),
-                                p_max_address_failures, p_backoff_seconds, p_backoff_max_seconds))
-    INTO v_wait_until
-    FROM login_failures f
-    WHERE f.address = v_client
-      AND f.failed_at > clock_timestamp() - make_interval(secs => p_window_seconds);
-    IF v_wait_until > clock_timestamp() THEN
+    v_now := clock_timestamp();
+    SELECT count(*) FILTER (WHERE NOT f.in_check AND f.email = p_email) AS email_failed,
+           max(f.failed_at) FILTER (WHERE NOT f.in_check AND f.email = p_email) AS email_last,
+           count(*) FILTER (WHERE f.in_check AND f.email = p_email) AS email_checking,
+           count(*) FILTER (WHERE NOT f.in_check) AS failed,
+           max(f.failed_at) FILTER (WHERE NOT f.in_check) AS last,
+           count(*) FILTER (WHERE f.in_check) AS checking
+    INTO v_counts
+    FROM (SELECT l.email, l.failed_at,
+                 -- A check unfinished after 30 s never will be (its server died): failed.
+                 l.checking AND l.failed_at > v_now - interval '30 seconds' AS in_check
+          FROM login_failures l
+          WHERE l.address = v_client
+            AND l.failed_at > v_now - make_interval(secs => p_window_seconds)) f;
+    v_wait_until := greatest(
+        login_wait_until(v_counts.email_failed, v_counts.email_last, p_max_failures,
+                         p_backoff_seconds, p_backoff_max_seconds),
+        login_wait_until(v_counts.failed, v_counts.last, p_max_address_failures,
+                         p_backoff_seconds, p_backoff_max_seconds));
+    IF v_wait_until > v_now THEN
         RETURN QUERY SELECT NULL::bigint,
-            greatest(ceil(extract(epoch FROM v_wait_until - clock_timestamp())), 1)::int;
+            greatest(ceil(extract(epoch FROM v_wait_until - v_now)), 1)::int;
+        RETURN;
+    END IF;
+    IF v_counts.email_checking >= greatest(p_max_failures - v_counts.email_failed, 1)
+       OR v_counts.checking >= greatest(p_max_address_failures - v_counts.failed, 1) THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::int;
         RETURN;
     END IF;
     RETURN QUERY
-        INSERT INTO login_failures (email, address, failed_at)
-        VALUES (p_email, v_client, clock_timestamp())
-        RETURNING id, 0;
+        INSERT INTO login_failures (email, address, failed_at, checking)
+        VALUES (p_email, v_client, v_now, true)
+        RETURNING id, NULL::int;
 END
 $$;
 
--- Settle an attempt begin_login() recorded. A right password forgives that email's
+-- Settle an attempt begin_login() started. A right password forgives that email's
 -- failures from that client (the owner mistyping), not other emails' (a sprayer who also
--- holds an account gains nothing); a wrong one stays, and rows older than the window go.
+-- holds an account gains nothing); a wrong one is a failure from now, and rows older than
+-- the window go.
 CREATE OR REPLACE FUNCTION finish_login(
     p_attempt_id bigint, p_succeeded boolean, p_window_seconds float8
 ) RETURNS void
@@ -83,6 +103,8 @@ BEGIN
         WHERE attempt.id = p_attempt_id
           AND f.address = attempt.address AND f.email = attempt.email;
     ELSE
+        UPDATE login_failures SET checking = false, failed_at = clock_timestamp()
+        WHERE id = p_attempt_id;
         DELETE FROM login_failures
         WHERE failed_at < clock_timestamp() - make_interval(secs => p_window_seconds);
     END IF;
