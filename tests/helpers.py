@@ -196,7 +196,15 @@ async def serve_app(app: Any, port: int = 0, **options: Any) -> AsyncIterator[st
     """Serve an ASGI app with uvicorn on a loopback port (free by default) in this event
     loop; yields its base URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        # Longer than httpx keeps an idle connection (5 s): with both at 5 s, a request sent
+        # on a connection the server is just closing fails with ReadError on a busy machine.
+        timeout_keep_alive=60,
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
