@@ -111,7 +111,10 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
         "port": settings.port,
         "log_level": "info",
         "access_log": settings.access_log,
-        "proxy_headers": False,
+        # The client's address (login throttling) is the socket peer, or what a proxy in
+        # FORWARDED_ALLOW_IPS says in X-Forwarded-For; nobody else is believed.
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
         # Pings find dead WebSockets (closed laptops, cut networks) and free them.
         "ws_ping_interval": settings.ws_ping_seconds,
         "ws_ping_timeout": settings.ws_ping_seconds,

@@ -16,9 +16,15 @@ from starlette.routing import Route
 
 from graph.extensions import UNAVAILABLE_MESSAGE, is_database_unavailable
 from resolvers import calls, prospects
-from resolvers.auth import Actor, LoginLimits, authenticate, bearer_token, login, require_user
+from resolvers.auth import Actor, authenticate, bearer_token, login, require_user
 from resolvers.calls import CallOutcome
-from resolvers.errors import BadUserInput, CallRuleRefusal, DomainError, parse_id
+from resolvers.errors import (
+    BadUserInput,
+    CallRuleRefusal,
+    DomainError,
+    TooManyRequests,
+    parse_id,
+)
 from settings import Settings
 
 log = logging.getLogger("callfloor.rest")
@@ -44,7 +50,10 @@ def error_response(error: DomainError) -> JSONResponse:
     body: dict[str, Any] = {"error": error.message, "code": error.code, **error.extensions}
     if isinstance(error, CallRuleRefusal):
         body["reason"] = error.message
-    return JSONResponse(body, status_code=error.http_status)
+    headers = {}
+    if isinstance(error, TooManyRequests) and "retryAfterSeconds" in error.extensions:
+        headers["Retry-After"] = str(error.extensions["retryAfterSeconds"])
+    return JSONResponse(body, status_code=error.http_status, headers=headers)
 
 
 def endpoint(handler: Handler) -> Handler:
@@ -110,11 +119,8 @@ async def login_endpoint(request: Request) -> Response:
         request.app.state.pool,
         _text(body, "email", required=True) or "",
         _text(body, "password", required=True) or "",
-        LoginLimits(
-            settings.login_max_failures,
-            settings.login_failure_window_seconds,
-            settings.token_ttl_seconds,
-        ),
+        request.client.host if request.client else None,
+        settings.login_limits,
     )
     public = {key: _jsonable(user[key]) for key in ("id", "email", "name", "role")}
     return JSONResponse({"token": token, "user": public})

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -23,12 +25,14 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 
 import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
+from graph.responses import GRAPHQL_RESPONSE_JSON, is_request_error, prefers_graphql_response
 from graph.schema import create_schema
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
@@ -64,6 +68,33 @@ class GraphQLApp(GraphQL[Context, None]):
         if result.errors:
             result.errors = [present_error(error) for error in result.errors]
         return await super().process_result(request, result)
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        """Remember which media type the client asked for (graph/responses.py)."""
+        sub_response = await super().get_sub_response(request)
+        if prefers_graphql_response(request.headers.get("accept")):
+            sub_response.media_type = GRAPHQL_RESPONSE_JSON
+        return sub_response
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        """application/graphql-response+json when the client asked for it, a request that
+        never ran then being a 400 without data; else application/json and 200, as ever."""
+        graphql_response = sub_response.media_type == GRAPHQL_RESPONSE_JSON
+        if graphql_response and isinstance(response_data, dict) and is_request_error(response_data):
+            response_data = cast(
+                GraphQLHTTPResponse,
+                {key: value for key, value in response_data.items() if key != "data"},
+            )
+            sub_response.status_code = 400
+        response = super().create_response(response_data, sub_response)
+        if graphql_response:
+            response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
+        response.headers["vary"] = "Accept"
+        return response
 
     def decode_json(self, data: str | bytes) -> object:
         """Any undecodable body (not UTF-8, nested too deep) is a 400, like bad JSON."""
@@ -169,6 +200,18 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/wallboard", wallboard),
+        ],
+        middleware=[
+            # Pages on ALLOWED_ORIGINS (the origins that may open WebSockets) may call the
+            # API from the browser too. Bearer tokens travel in a header, never a cookie:
+            # no credentials mode, so no page can ride on what a browser holds.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(normalize_allowed_origins(settings.allowed_origins)),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["Retry-After"],
+            )
         ],
         lifespan=lifespan,
     )

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from dotenv import load_dotenv
 
+from resolvers.auth import LoginLimits
 from sql.database import SessionSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -67,7 +68,10 @@ class Settings:
     max_query_depth: int = DEFAULT_MAX_QUERY_DEPTH
     max_aliases: int = DEFAULT_MAX_ALIASES
     login_max_failures: int = 5
-    login_failure_window_seconds: int = 900
+    login_max_address_failures: int = 20
+    login_backoff_seconds: float = 1.0
+    login_backoff_max_seconds: float = 900.0
+    login_failure_window_seconds: float = 3600.0
     pool_min_size: int = 2
     pool_max_size: int = 20
     graphiql: bool = True
@@ -80,6 +84,8 @@ class Settings:
     listener_health_seconds: float = 2.0
     ws_ping_seconds: float = 20.0
     allowed_origins: tuple[str, ...] = ()
+    # uvicorn's own default: a proxy on this host may say who the client is.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     access_log: bool = False
     ws_compression: bool = False
     workers: int = 1
@@ -102,7 +108,10 @@ class Settings:
             max_query_depth=_int("MAX_QUERY_DEPTH", DEFAULT_MAX_QUERY_DEPTH),
             max_aliases=_int("MAX_ALIASES", DEFAULT_MAX_ALIASES),
             login_max_failures=_int("LOGIN_MAX_FAILURES", 5),
-            login_failure_window_seconds=_int("LOGIN_FAILURE_WINDOW_SECONDS", 900),
+            login_max_address_failures=_int("LOGIN_MAX_FAILURES_PER_ADDRESS", 20),
+            login_backoff_seconds=_float("LOGIN_BACKOFF_SECONDS", 1.0),
+            login_backoff_max_seconds=_float("LOGIN_BACKOFF_MAX_SECONDS", 900.0),
+            login_failure_window_seconds=_float("LOGIN_FAILURE_WINDOW_SECONDS", 3600.0),
             pool_min_size=_int("DB_POOL_MIN_SIZE", 2),
             pool_max_size=_int("DB_POOL_MAX_SIZE", 20),
             graphiql=os.environ.get("GRAPHIQL", "1") not in {"0", "false", "no"},
@@ -124,6 +133,21 @@ class Settings:
                 for origin in os.environ.get("ALLOWED_ORIGINS", "").split(",")
                 if origin.strip()
             ),
+            # Set but empty trusts no proxy, as in uvicorn.
+            forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+        )
+
+    @property
+    def login_limits(self) -> LoginLimits:
+        """How failed logins slow a client down."""
+        return LoginLimits(
+            max_failures=self.login_max_failures,
+            max_address_failures=self.login_max_address_failures,
+            backoff_seconds=self.login_backoff_seconds,
+            backoff_max_seconds=self.login_backoff_max_seconds,
+            window_seconds=self.login_failure_window_seconds,
+            token_ttl_seconds=self.token_ttl_seconds,
+            bcrypt_rounds=self.bcrypt_rounds,
         )
 
     @property

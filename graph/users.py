@@ -6,7 +6,7 @@ import strawberry
 
 from graph.types import CreateUserInput, GraphInfo, LoginPayload, User
 from resolvers import users
-from resolvers.auth import SUPERVISORS, LoginLimits, login, logout
+from resolvers.auth import SUPERVISORS, login, logout
 
 
 @strawberry.type
@@ -32,16 +32,13 @@ class SessionMutations:
 
     @strawberry.mutation(description="Exchange credentials for a bearer token.")
     async def login(self, info: GraphInfo, email: str, password: str) -> LoginPayload:
-        settings = info.context.settings
+        client = info.context.request.client
         token, record = await login(
             info.context.pool,
             email,
             password,
-            LoginLimits(
-                max_failures=settings.login_max_failures,
-                window_seconds=settings.login_failure_window_seconds,
-                token_ttl_seconds=settings.token_ttl_seconds,
-            ),
+            client.host if client else None,
+            info.context.settings.login_limits,
         )
         return LoginPayload(token=token, user=User.from_record(record))
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
+import ipaddress
 import secrets
+import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -26,6 +31,8 @@ SUPERVISORS = ("manager", "admin")
 # bcrypt reads at most 72 bytes; longer passwords are refused rather than silently cut.
 MAX_PASSWORD_BYTES = 72
 MIN_PASSWORD_LENGTH = 8
+# How long a login waits for the same client's attempts being checked before it may start.
+LOGIN_QUEUE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -102,16 +109,33 @@ async def hash_password(password: str, rounds: int) -> str:
     return hashed.decode()
 
 
-# Checked when the email is unknown, so a miss costs as long as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(4))
+# bcrypt checks this process has run, by cost: a login for an unknown email must cost what
+# one for a known email does, and this is where that shows (tests/test_login_throttling.py).
+password_checks: Counter[int] = Counter()
+
+
+@functools.cache
+def dummy_hash(rounds: int) -> bytes:
+    """What a login for an unknown email checks, so it costs what a known one does: a
+    well-formed bcrypt hash of the configured cost that no password matches (its digest
+    is all zero bits), made without hashing anything."""
+    return bcrypt.gensalt(rounds) + b"." * 31
+
+
+def hash_cost(password_hash: bytes) -> int:
+    """The cost (log2 of the rounds) of a bcrypt hash, '$2b$12$...' -> 12; 0 when it is
+    not one (bcrypt then refuses it)."""
+    parts = password_hash.split(b"$")
+    return int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
 
 
 async def verify_password(password: str, password_hash: str | bytes) -> bool:
     """Whether password matches a bcrypt hash, off the event loop."""
     encoded = password.encode()
+    stored = password_hash.encode() if isinstance(password_hash, str) else password_hash
     if len(encoded) > MAX_PASSWORD_BYTES:
         return False
-    stored = password_hash.encode() if isinstance(password_hash, str) else password_hash
+    password_checks[hash_cost(stored)] += 1
     return await asyncio.to_thread(bcrypt.checkpw, encoded, stored)
 
 
@@ -123,42 +147,107 @@ async def authenticate(pool: asyncpg.Pool, token: str) -> Actor | None:
 
 @dataclass(frozen=True)
 class LoginLimits:
-    """How many failures within how many seconds lock an email out."""
+    """How failed logins slow a client down (begin_login() in sql/functions/logins.sql)."""
 
+    # Failures for one email from one client, and from one client across emails, before
+    # it must wait; the first wait, which doubles with each further failure, up to the
+    # longest; failures older than the window no longer count.
     max_failures: int
-    window_seconds: int
+    max_address_failures: int
+    backoff_seconds: float
+    backoff_max_seconds: float
+    window_seconds: float
     token_ttl_seconds: int
+    bcrypt_rounds: int
+
+
+def client_address(host: str | None) -> str | None:
+    """The client's IP address as the database takes it, or None when unknown (a UNIX
+    socket, or a proxy that forwarded something that is not an address)."""
+    if not host:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    # A v4 client reached over a v6 socket is the same client as over v4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+async def begin_login(
+    pool: asyncpg.Pool, email: str, address: str | None, limits: LoginLimits
+) -> int:
+    """The id of a login attempt the database has let start, or TOO_MANY_REQUESTS. While
+    the client's other attempts are being checked and their outcome decides, wait for them
+    (a crowd behind one address queues; a burst of guesses stops at the limit)."""
+    deadline = time.monotonic() + LOGIN_QUEUE_SECONDS
+    pause = 0.02
+    while True:
+        # An email the database cannot hold (a NUL byte) is bad input, not a server error.
+        with database_errors():
+            attempt = await pool.fetchrow(
+                QUERIES["begin_login"],
+                email,
+                address,
+                limits.max_failures,
+                limits.max_address_failures,
+                limits.backoff_seconds,
+                limits.backoff_max_seconds,
+                limits.window_seconds,
+            )
+        assert attempt is not None  # begin_login() returns one row
+        if attempt["attempt_id"] is not None:
+            attempt_id: int = attempt["attempt_id"]
+            return attempt_id
+        wait = attempt["retry_after_seconds"]
+        if wait is None and time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+            continue
+        raise TooManyRequests(
+            "Too many failed sign-ins; try again later", retryAfterSeconds=wait or 1
+        )
 
 
 async def login(
-    pool: asyncpg.Pool, email: str, password: str, limits: LoginLimits
+    pool: asyncpg.Pool, email: str, password: str, host: str | None, limits: LoginLimits
 ) -> tuple[str, asyncpg.Record]:
-    """A new token for valid credentials; one message for every kind of failure."""
+    """A new token for valid credentials; one message for every kind of failure.
+
+    host is the client's address (the socket peer, or what a trusted proxy forwarded):
+    failures slow down that client, for that email and across emails, never the owner
+    signing in from elsewhere. A client told to wait costs no password check.
+    """
     key = email.strip().lower()
-    # An email the database cannot hold (a NUL byte) is bad input, not a server error.
-    with database_errors():
-        failures = await pool.fetchval(QUERIES["count_login_failures"], key, limits.window_seconds)
-    if failures >= limits.max_failures:
-        raise TooManyRequests(
-            "Too many failed sign-ins; try again later",
-            retryAfterSeconds=limits.window_seconds,
-        )
-    user = await pool.fetchrow(QUERIES["user_by_email"], key)
-    if user is None:
-        await verify_password(password, _DUMMY_HASH)
-        valid = False
-    else:
-        valid = await verify_password(password, user["password_hash"]) and user["active"]
-    if not valid or user is None:
-        await pool.execute(QUERIES["record_login_failure"], key)
-        raise Unauthenticated("Invalid email or password")
-    token = secrets.token_urlsafe(32)
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(QUERIES["clear_login_failures"], key)
-        await connection.execute(
-            QUERIES["insert_session"], hash_token(token), user["id"], limits.token_ttl_seconds
-        )
-    return token, user
+    attempt_id = await begin_login(pool, key, client_address(host), limits)
+    try:
+        user = await pool.fetchrow(QUERIES["user_by_email"], key)
+        # The same bcrypt cost whether or not the email exists, so timing does not tell.
+        stored = user["password_hash"] if user else dummy_hash(limits.bcrypt_rounds)
+        valid = await verify_password(password, stored) and user is not None and user["active"]
+        if valid and user is not None:
+            token = secrets.token_urlsafe(32)
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute(
+                    QUERIES["finish_login"], attempt_id, True, limits.window_seconds
+                )
+                await connection.execute(
+                    QUERIES["insert_session"],
+                    hash_token(token),
+                    user["id"],
+                    limits.token_ttl_seconds,
+                )
+            return token, user
+    except BaseException:
+        # Whatever went wrong, the attempt is settled as failed rather than left "being
+        # checked", where it would hold up this client's next attempts.
+        with contextlib.suppress(Exception):
+            await pool.execute(QUERIES["finish_login"], attempt_id, False, limits.window_seconds)
+        raise
+    await pool.execute(QUERIES["finish_login"], attempt_id, False, limits.window_seconds)
+    raise Unauthenticated("Invalid email or password")
 
 
 async def logout(pool: asyncpg.Pool, token: str) -> bool:

@@ -10,10 +10,20 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
-from helpers import Api, Team, add_user, drop_database, running_server
+from helpers import (
+    IN_CI,
+    Api,
+    Team,
+    add_user,
+    browser_page,
+    drop_database,
+    missing_browser,
+    running_server,
+)
 
 from settings import Settings
 from sql import database
@@ -125,3 +135,16 @@ async def team(pool: asyncpg.Pool, api: Api) -> Team:
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DATA_DIR for a server.py process. Short: an embedded server's socket lives under it."""
     return Path(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    """A fresh page in headless Chromium. Without one the test skips, saying why, except
+    in CI, where it fails: a green CI run opened the page."""
+    missing = missing_browser()
+    if missing is not None:
+        if IN_CI:
+            pytest.fail(f"browser test: {missing}; CI must run it", pytrace=False)
+        pytest.skip(f"browser test: {missing}")
+    async with browser_page() as opened:
+        yield opened

@@ -1,4 +1,5 @@
-"""Who may do what: tokens, logout, roles, login throttling, and no password hash anywhere."""
+"""Who may do what: tokens, logout, roles, and no password hash anywhere (login throttling:
+test_login_throttling.py)."""
 
 from __future__ import annotations
 
@@ -521,60 +522,6 @@ async def test_failed_login_does_not_reveal_whether_the_email_exists(
     assert rest_answers == [
         (401, {"error": "Invalid email or password", "code": "UNAUTHENTICATED"})
     ] * len(attempts)
-
-
-async def test_repeated_failures_lock_out_that_email_even_with_the_right_password(
-    api: Api, team: Team, pool: asyncpg.Pool, settings: Settings
-) -> None:
-    email = team.agent["email"]
-    sessions_before = await pool.fetchval(
-        "SELECT count(*) FROM sessions WHERE user_id = $1", team.agent["id"]
-    )
-    for attempt in range(settings.login_max_failures):
-        # Case and spaces do not give an attacker fresh attempts.
-        written = email.upper() if attempt % 2 else f"  {email} "
-        body = await post(api, LOGIN, {"e": written, "p": f"wrong-{attempt}"}, {})
-        assert codes(body) == ["UNAUTHENTICATED"], attempt
-
-    body = await post(api, LOGIN, {"e": email, "p": PASSWORD}, {})
-    assert codes(body) == ["TOO_MANY_REQUESTS"]
-    assert body["data"] is None
-    assert body["errors"][0]["extensions"]["retryAfterSeconds"] == (
-        settings.login_failure_window_seconds
-    )
-    response = await api.client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 429
-    assert response.json()["code"] == "TOO_MANY_REQUESTS"
-    assert "token" not in response.json()
-
-    assert (
-        await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", team.agent["id"])
-        == sessions_before
-    )
-    failures = await pool.fetchval("SELECT count(*) FROM login_failures WHERE email = $1", email)
-    assert failures == settings.login_max_failures
-
-    # Only that email: another user signs in, and the locked user's live token still works.
-    assert await api.login(team.agents[1]["email"])
-    assert (await api.data("{ viewer { id } }", token=team.agent["token"]))["viewer"]
-
-    # Once the failures age out of the window, the right password works again.
-    await pool.execute("UPDATE login_failures SET failed_at = failed_at - interval '1 day'")
-    assert await api.login(email)
-
-
-async def test_a_successful_login_resets_the_failure_count(
-    api: Api, team: Team, pool: asyncpg.Pool, settings: Settings
-) -> None:
-    email = team.agent["email"]
-    for _ in range(2):
-        for attempt in range(settings.login_max_failures - 1):
-            body = await post(api, LOGIN, {"e": email, "p": f"wrong-{attempt}"}, {})
-            assert codes(body) == ["UNAUTHENTICATED"]
-        assert await api.login(email)
-        assert (
-            await pool.fetchval("SELECT count(*) FROM login_failures WHERE email = $1", email) == 0
-        )
 
 
 async def test_the_caller_of_a_call_is_always_the_signed_in_user(

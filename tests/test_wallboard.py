@@ -1,18 +1,15 @@
 """The wallboard in a real headless Chromium, against a real server.
 
 Without Chromium or Playwright these tests skip, saying why in pytest's summary, except
-in CI (CI set, as .ci/run sets it), where they fail: a green CI run opened the page.
+in CI (CI set, as .ci/run sets it), where they fail: a green CI run opened the page (the
+`page` fixture, conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 from helpers import (
     PASSWORD,
     Api,
@@ -26,54 +23,6 @@ from helpers import (
 )
 
 from settings import Settings
-
-try:
-    from playwright import async_api as playwright_api
-except ImportError:
-    playwright_api = None
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-IN_CI = os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
-
-
-def missing_browser() -> str | None:
-    """Why the browser test cannot run here, or None when it can."""
-    if playwright_api is None:
-        return "playwright is not installed (make install, or pip install -e '.[dev]')"
-    if CHROMIUM is None:
-        return "no Chromium (apt-get install chromium, or run .ci/run)"
-    return None
-
-
-MISSING = missing_browser()
-pytestmark = pytest.mark.skipif(
-    MISSING is not None and not IN_CI, reason=f"wallboard browser test: {MISSING}"
-)
-
-# Headless as root, with nothing reaching out to the network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-async def page() -> AsyncIterator[Any]:
-    """A fresh page in headless Chromium; in CI, a missing browser fails the test."""
-    if MISSING is not None:
-        pytest.fail(f"wallboard browser test: {MISSING}; CI must run it", pytrace=False)
-    assert playwright_api is not None
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield await browser.new_page()
-        finally:
-            await browser.close()
 
 
 async def sign_in(page: Any, api: Api, email: str, password: str) -> None:

@@ -33,15 +33,12 @@ WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.
 -- Revoke one token and notify every replica; true when it was live. $1 token hash.
 SELECT revoke_session($1);
 
--- name: count_login_failures
--- Recent failed logins for one email. $1 lower-cased email, $2 window in seconds.
-SELECT count(*) FROM login_failures
-WHERE email = $1 AND failed_at > now() - make_interval(secs => $2);
+-- name: begin_login
+-- Start a login attempt, or say how long the client must wait (begin_login()). $1 lower-cased
+-- email, $2 client address or NULL, $3 failures per email and client, $4 failures per client,
+-- $5 first wait in seconds, $6 longest wait, $7 window in seconds.
+SELECT attempt_id, retry_after_seconds FROM begin_login($1, $2, $3, $4, $5, $6, $7);
 
--- name: record_login_failure
--- Remember a failed login. $1 lower-cased email.
-INSERT INTO login_failures (email) VALUES ($1);
-
--- name: clear_login_failures
--- Forget failed logins after a successful one. $1 lower-cased email.
-DELETE FROM login_failures WHERE email = $1;
+-- name: finish_login
+-- Settle a login attempt. $1 attempt id, $2 whether the password was right, $3 window.
+SELECT finish_login($1, $2, $3);
