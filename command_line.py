@@ -253,7 +253,10 @@ def run_file_import(
             def progress(rows: int, done: bool) -> None:
                 bar.update(rows)
                 if done:
-                    bar.finish(f"read {rows:,} rows; committing")
+                    ending = "committing"
+                    if args.dry_run:
+                        ending = "checking, then rolling back (dry run)"
+                    bar.finish(f"read {terminal.count(rows, 'row')}; {ending}")
 
             report = asyncio.run(run(db.url, source, on_error, progress))
     except DomainError as error:

@@ -134,9 +134,9 @@ BEGIN
 
     SELECT * INTO v_caps FROM attempt_caps(p_prospect_id, v_zones, p_at);
     RETURN QUERY SELECT 5, 'MAX_ATTEMPTS_REACHED', v_caps.total_reached, false, NULL::timestamptz,
-        'Prospect reached ' || v_caps.max_total || ' attempts in total', v_last_time, v_last_caller;
+        'Prospect reached ' || describe_count(v_caps.max_total, 'attempt') || ' in total', v_last_time, v_last_caller;
     RETURN QUERY SELECT 6, 'MAX_ATTEMPTS_REACHED', v_caps.day_reached, false, v_caps.day_ends,
-        'Prospect reached ' || v_caps.max_per_day || ' attempts today', v_last_time, v_last_caller;
+        'Prospect reached ' || describe_count(v_caps.max_per_day, 'attempt') || ' today', v_last_time, v_last_caller;
     -- The number, whichever prospect it was dialled for, in the last 24 hours.
     SELECT count(*), min(started_at) INTO v_count, v_oldest FROM (
         SELECT c.started_at FROM call_logs c
@@ -144,7 +144,8 @@ BEGIN
         ORDER BY c.started_at DESC LIMIT v_rules.max_attempts_per_number_24h) recent;
     RETURN QUERY SELECT 7, 'MAX_ATTEMPTS_REACHED', v_count >= v_rules.max_attempts_per_number_24h, false,
         v_oldest + interval '24 hours',
-        'The number was called ' || v_rules.max_attempts_per_number_24h || ' times in 24 hours',
+        'The number was called '
+            || describe_count(v_rules.max_attempts_per_number_24h, 'time') || ' in 24 hours',
         v_last_time, v_last_caller;
 
     SELECT la.agent_id, la.expires_at INTO v_assigned FROM lead_assignments la
