@@ -154,7 +154,13 @@ def command_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_create_user(settings: Settings, args: argparse.Namespace) -> int:
-    """Create a user; the password comes from stdin or a prompt, never the command line."""
+    """Create a user, or a batch of them with --from-file; passwords come from stdin, a
+    prompt or the file, never the command line."""
+    if args.from_file is not None:
+        return create_users_from_file(settings, args)
+    if not args.email or not args.role:
+        print("error: create-user needs --email and --role, or --from-file", file=sys.stderr)
+        return 2
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -182,6 +188,86 @@ def command_create_user(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
     print(f"created {record['role']} {record['email']} ({record['id']})")
+    return 0
+
+
+USER_FIELDS = ("email", "role", "name", "password")
+
+
+def read_new_users(source: TextIO, form: str) -> list[users.NewUser]:
+    """Users from CSV (a header naming email, role, password and optionally name) or JSON
+    lines (one object per line with the same keys); form is csv, jsonl or auto (JSON lines
+    when the first character is '{'). ValueError names the line that cannot be read."""
+    text = source.read()
+    if form == "auto":
+        form = "jsonl" if text.lstrip().startswith("{") else "csv"
+    rows: list[tuple[int, dict[str, object]]] = []
+    if form == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"line {number} is not JSON: {error}") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"line {number} is not a JSON object")
+            rows.append((number, value))
+    else:
+        reader = csv.DictReader(text.splitlines())
+        headers = {(name or "").strip().lower() for name in reader.fieldnames or []}
+        missing = {"email", "role", "password"} - headers
+        if missing:
+            raise ValueError(f"the CSV header lacks {', '.join(sorted(missing))}")
+        for row in reader:
+            cleaned = {(key or "").strip().lower(): value for key, value in row.items()}
+            rows.append((reader.line_num, cleaned))
+    return [
+        users.NewUser(
+            line=number,
+            **{key: str(row.get(key) or "") for key in USER_FIELDS},
+        )
+        for number, row in rows
+    ]
+
+
+def create_users_from_file(settings: Settings, args: argparse.Namespace) -> int:
+    """create-user --from-file: every user of the file, or none (exit 2, every bad row
+    named)."""
+    try:
+        if args.from_file == "-":
+            batch = read_new_users(sys.stdin, args.format)
+        else:
+            with open(args.from_file, encoding="utf-8-sig", newline="") as source:
+                batch = read_new_users(source, args.format)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not batch:
+        print("error: the file holds no users", file=sys.stderr)
+        return 2
+    db = open_database(settings)
+    asyncio.run(apply_migrations(db.url))
+
+    async def create() -> tuple[list[asyncpg.Record], list[users.UserRowError]]:
+        pool = await _with_pool(settings, db.url)
+        try:
+            return await users.create_users(pool, batch, settings.bcrypt_rounds)
+        finally:
+            await pool.close()
+
+    created, errors = asyncio.run(create())
+    for problem in errors:
+        print(f"error: line {problem.line}: {problem.reason}", file=sys.stderr)
+    if errors:
+        rows = terminal.count(len(errors), "row")
+        print(
+            f"nothing was created: {rows} cannot be used; fix them and run again", file=sys.stderr
+        )
+        return 2
+    print(f"created {terminal.count(len(created), 'user')}")
+    for record in created:
+        print(f"  {record['role']:8} {record['email']} ({record['id']})")
     return 0
 
 
@@ -414,11 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply pending migrations").set_defaults(
         run=command_migrate
     )
-    create_user = commands.add_parser("create-user", help="create a user")
-    create_user.add_argument("--email", required=True)
-    create_user.add_argument("--role", required=True, choices=["agent", "manager", "admin"])
+    create_user = commands.add_parser(
+        "create-user", help="create a user, or many from a file (CSV or JSON lines)"
+    )
+    create_user.add_argument("--email")
+    create_user.add_argument("--role", choices=["agent", "manager", "admin"])
     create_user.add_argument("--name", default="")
     create_user.add_argument("--password-stdin", action="store_true", help="read the password")
+    create_user.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="create every user of FILE ('-' for stdin), all or none: CSV with a header"
+        " (email, role, name, password) or JSON lines with those keys",
+    )
+    create_user.add_argument(
+        "--format", choices=["auto", "csv", "jsonl"], default="auto", help="of --from-file"
+    )
     create_user.set_defaults(run=command_create_user)
     commands.add_parser("seed-demo", help="load demo users and prospects").set_defaults(
         run=command_seed_demo
