@@ -42,19 +42,25 @@ log = logging.getLogger("callfloor")
 
 @dataclass
 class Database:
-    """The database the commands use, and the embedded server handle that keeps it up."""
+    """The database the commands use, and the embedded server handle that keeps it up.
+
+    url serves the pools; direct_url never goes through a transaction pooler, for what
+    needs a session: the migrator's advisory lock, reset-db (DATABASE_LISTEN_URL).
+    """
 
     url: str
+    direct_url: str
     embedded: Any = None
 
 
 def open_database(settings: Settings) -> Database:
     """The configured database, or the embedded one (started and created on demand)."""
     if settings.database_url:
-        return Database(settings.database_url)
+        return Database(settings.database_url, settings.listen_url(settings.database_url))
     server = database.start_embedded_server(settings.data_dir)
     asyncio.run(database.ensure_database(server.get_uri(), database.EMBEDDED_DATABASE))
-    return Database(server.get_uri(database=database.EMBEDDED_DATABASE), embedded=server)
+    url = server.get_uri(database=database.EMBEDDED_DATABASE)
+    return Database(url, url, embedded=server)
 
 
 async def apply_migrations(url: str) -> list[str]:
@@ -70,6 +76,7 @@ async def _with_pool(settings: Settings, url: str) -> asyncpg.Pool:
     return await database.create_pool(
         url,
         session=settings.session,
+        pooler=settings.pooler,
         min_size=1,
         max_size=2,
     )
@@ -99,7 +106,7 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     db = open_database(settings)
-    applied = asyncio.run(apply_migrations(db.url))
+    applied = asyncio.run(apply_migrations(db.direct_url))
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     if db.embedded is not None:
@@ -148,7 +155,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def command_migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Apply pending migrations and say which."""
     db = open_database(settings)
-    applied = asyncio.run(apply_migrations(db.url))
+    applied = asyncio.run(apply_migrations(db.direct_url))
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 
@@ -166,7 +173,7 @@ def command_create_user(settings: Settings, args: argparse.Namespace) -> int:
     else:
         password = getpass.getpass("Password: ")
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
 
     async def create() -> asyncpg.Record:
         pool = await _with_pool(settings, db.url)
@@ -247,7 +254,7 @@ def create_users_from_file(settings: Settings, args: argparse.Namespace) -> int:
         print("error: the file holds no users", file=sys.stderr)
         return 2
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
 
     async def create() -> tuple[list[asyncpg.Record], list[users.UserRowError]]:
         pool = await _with_pool(settings, db.url)
@@ -274,7 +281,7 @@ def create_users_from_file(settings: Settings, args: argparse.Namespace) -> int:
 def command_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Load demo users and prospects (idempotent)."""
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
     asyncio.run(seed_demo_data(settings, db.url))
     return 0
 
@@ -287,7 +294,7 @@ def command_reset_db(settings: Settings, args: argparse.Namespace) -> int:
     db = open_database(settings)
 
     async def reset() -> list[str]:
-        connection = await asyncpg.connect(db.url)
+        connection = await asyncpg.connect(db.direct_url)
         try:
             await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
             return await migrate(connection)
@@ -322,7 +329,7 @@ def run_file_import(
         print(f"error: no such file: {path}", file=sys.stderr)
         return 2
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
     try:
         with contextlib.ExitStack() as files:
             source = files.enter_context(path.open(encoding=args.encoding, newline=""))
@@ -379,6 +386,7 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
         pool = await database.create_pool(
             url,
             session=settings.session,
+            pooler=settings.pooler,
             min_size=args.jobs,
             max_size=args.jobs,
         )
@@ -438,7 +446,7 @@ def command_import_mock(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: cannot read {args.file} as JSON: {error}", file=sys.stderr)
         return 2
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
 
     async def run() -> mock_store.MockReport:
         pool = await _with_pool(settings, db.url)
@@ -472,7 +480,7 @@ def command_archive(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
 
     async def run() -> None:
         pool = await _with_pool(settings, db.url)

@@ -124,12 +124,15 @@ def create_app(
         pool = await database.create_pool(
             database_url,
             session=settings.session,
+            pooler=settings.pooler,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             on_connect=on_connect,
         )
         hub = Hub(pool, queue_size=settings.subscriber_queue_size)
-        listener = Listener(database_url, hub, health_interval=settings.listener_health_seconds)
+        listener = Listener(
+            settings.listen_url(database_url), hub, health_interval=settings.listener_health_seconds
+        )
         app.state.pool, app.state.hub, app.state.listener = pool, hub, listener
         app.state.held_back = HeldBackCache(settings.held_back_cache_seconds)
         tasks = [

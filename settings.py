@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from dotenv import load_dotenv
 
-from sql.database import SessionSettings
+from sql.database import Pooler, SessionSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 # The re-call gap; min_call_interval() in SQL falls back to the same when a connection has
@@ -24,6 +24,7 @@ DEFAULT_CALLBACK_MAX_DAYS = 90
 # The GraphQL document limits: the server's, and create_schema()'s defaults.
 DEFAULT_MAX_QUERY_DEPTH = 8
 DEFAULT_MAX_ALIASES = 30
+POOLING_MODES = ("session", "transaction")
 
 
 def _int(name: str, default: int) -> int:
@@ -57,6 +58,13 @@ class Settings:
     """Everything the server reads from its environment, read once."""
 
     database_url: str | None = None
+    # A direct connection (never through a transaction pooler) for LISTEN and the
+    # migrator's lock; None: database_url.
+    database_listen_url: str | None = None
+    # "session" (direct, or a pooler in session mode) or "transaction" (PgBouncer with
+    # pool_mode = transaction): how the pool's connections keep the app.* settings.
+    database_pooling: str = "session"
+    statement_cache_size: int = 100
     data_dir: Path = PROJECT_ROOT / ".data"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -88,8 +96,18 @@ class Settings:
     def from_environment(cls) -> Settings:
         """Read the process environment after loading `.env` (real variables win)."""
         load_dotenv(PROJECT_ROOT / ".env", override=False)
+        pooling = os.environ.get("DATABASE_POOLING", "session").strip().lower() or "session"
+        if pooling not in POOLING_MODES:
+            raise SystemExit(f"DATABASE_POOLING must be session or transaction, not {pooling!r}")
         return cls(
             database_url=database_url_from_environment(),
+            database_listen_url=os.environ.get("DATABASE_LISTEN_URL", "").strip() or None,
+            database_pooling=pooling,
+            # Named prepared statements do not survive a transaction pooler older than
+            # PgBouncer 1.21: off by default behind one (docs/deploy.md).
+            statement_cache_size=_int(
+                "DB_STATEMENT_CACHE_SIZE", 0 if pooling == "transaction" else 100
+            ),
             data_dir=Path(os.environ.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
             host=os.environ.get("HOST", "127.0.0.1"),
             port=_int("PORT", 8000),
@@ -125,6 +143,18 @@ class Settings:
                 if origin.strip()
             ),
         )
+
+    @property
+    def pooler(self) -> Pooler:
+        """What stands between the pool and PostgreSQL (sql/database.py)."""
+        return Pooler(
+            transaction_mode=self.database_pooling == "transaction",
+            statement_cache_size=self.statement_cache_size,
+        )
+
+    def listen_url(self, database_url: str) -> str:
+        """The direct connection's URL, for a pool on database_url."""
+        return self.database_listen_url or database_url
 
     @property
     def session(self) -> SessionSettings:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import Api, Team, add_user, drop_database, running_server
+from helpers import (
+    Api,
+    PgBouncer,
+    Team,
+    add_user,
+    drop_database,
+    find_pgbouncer,
+    running_server,
+)
 
 from settings import Settings
 from sql import database
@@ -125,3 +133,23 @@ async def team(pool: asyncpg.Pool, api: Api) -> Team:
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DATA_DIR for a server.py process. Short: an embedded server's socket lives under it."""
     return Path(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(admin_url: str) -> Iterator[PgBouncer]:
+    """Debian's PgBouncer in transaction mode in front of the test server, started once.
+
+    Skipped where it is not installed, except in CI (.ci/run installs it), where a test
+    that cannot run fails rather than passing unseen."""
+    binary = find_pgbouncer()
+    if binary is None:
+        message = "pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    bouncer = PgBouncer(binary, admin_url)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()

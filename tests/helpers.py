@@ -7,16 +7,20 @@ import asyncio
 import inspect
 import itertools
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -455,3 +459,99 @@ def post_graphql(
     assert not body.get("errors"), body
     data: dict[str, Any] = body["data"]
     return data
+
+
+# ---------------------------------------------------------------------------------------
+# PgBouncer, Debian's package, in front of the test server.
+
+PGBOUNCER_POOL_SIZE = 3
+
+
+def find_pgbouncer() -> str | None:
+    """The pgbouncer binary (Debian installs it in /usr/sbin), or None."""
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
+
+
+class PgBouncer:
+    """A PgBouncer in transaction mode on a loopback port, in front of one PostgreSQL
+    server: every database of the server under its own name, PGBOUNCER_POOL_SIZE server
+    connections per database, clients trusted as the server's user."""
+
+    def __init__(self, binary: str, admin_url: str) -> None:
+        parts = urlsplit(admin_url)
+        socket_dir = parse_qs(parts.query).get("host", [None])[0]
+        self.host = socket_dir or parts.hostname or "127.0.0.1"
+        self.server_port = parts.port or 5432
+        self.user = unquote(parts.username or "postgres")
+        self.password = unquote(parts.password or "")
+        self.port = free_port()
+        self.binary = binary
+        self.directory = Path(tempfile.mkdtemp(prefix="cf-bouncer-"))
+        self.process: subprocess.Popen[str] | None = None
+
+    def url(self, database_url: str) -> str:
+        """database_url (a database of the same server) through PgBouncer."""
+        name = urlsplit(database_url).path
+        credentials = self.user + (":" + self.password if self.password else "")
+        return urlunsplit(("postgresql", f"{credentials}@127.0.0.1:{self.port}", name, "", ""))
+
+    def start(self) -> None:
+        """Write the configuration and start PgBouncer; return once it accepts connections."""
+        server = f"host={self.host} port={self.server_port} user={self.user}"
+        if self.password:
+            server += f" password={self.password}"
+        (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            f"""[databases]
+* = {server}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+pool_mode = transaction
+default_pool_size = {PGBOUNCER_POOL_SIZE}
+max_client_conn = 500
+auth_type = trust
+auth_file = {self.directory / "users.txt"}
+logfile = {self.directory / "pgbouncer.log"}
+pidfile = {self.directory / "pgbouncer.pid"}
+"""
+        )
+        command = [self.binary, "-q"]
+        if os.geteuid() == 0:
+            # PgBouncer refuses to run as root. It runs as whoever owns the server's socket
+            # directory (the embedded server's own user), so that it may open the socket.
+            owner = os.stat(self.host).st_uid if self.host.startswith("/") else None
+            user = pwd.getpwuid(owner).pw_name if owner else "nobody"
+            shutil.chown(self.directory, user)
+            for child in self.directory.iterdir():
+                shutil.chown(child, user)
+            command += ["-u", user]
+        self.process = subprocess.Popen(
+            [*command, str(self.directory / "pgbouncer.ini")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def accepting() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                log = self.directory / "pgbouncer.log"
+                pytest.fail(
+                    "pgbouncer exited: "
+                    + self.process.communicate()[0]
+                    + (log.read_text() if log.exists() else "")
+                )
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until_blocking(accepting, 20, "pgbouncer did not start")
+
+    def stop(self) -> None:
+        """Stop PgBouncer and remove its files."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+            self.process.communicate(timeout=10)
+        shutil.rmtree(self.directory, ignore_errors=True)
