@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import csv
 import getpass
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
+import metrics
 import terminal
 from graph.schema import create_schema
 from resolvers import (
@@ -129,6 +133,7 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the
     # handler it found in place: this one ends the process normally, with status 0.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    prepare_metrics_directory(settings)
     if settings.workers > 1:
         # Each worker is a replica: its own pool, listener and sweep, like another server.
         os.environ["DATABASE_URL"] = db.url
@@ -138,6 +143,21 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings, db.url), **options)
     return 0
+
+
+def prepare_metrics_directory(settings: Settings) -> None:
+    """Where the workers' metrics meet: PROMETHEUS_MULTIPROC_DIR when given, emptied of an
+    earlier run's files; else, with more than one worker and /metrics on, a fresh
+    temporary directory, removed at exit. One process needs none."""
+    given = os.environ.get(metrics.MULTIPROCESS_DIRECTORY)
+    if given:
+        metrics.prepare_directory(Path(given))
+        if settings.workers > 1:  # this process only starts the workers: no live gauges
+            metrics.forget_this_worker()
+    elif settings.workers > 1 and settings.metrics_token:
+        directory = tempfile.mkdtemp(prefix="callfloor-metrics-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        os.environ[metrics.MULTIPROCESS_DIRECTORY] = directory
 
 
 def _exit_after_shutdown(signum: int, frame: object) -> None:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import metrics
 from graph.extensions import UNAVAILABLE_MESSAGE, is_database_unavailable
 from resolvers import calls, prospects
 from resolvers.auth import Actor, LoginLimits, authenticate, bearer_token, login, require_user
@@ -106,16 +107,17 @@ async def login_endpoint(request: Request) -> Response:
     """POST /api/auth/login {email, password} -> {token, user}."""
     body = await _body(request)
     settings: Settings = request.app.state.settings
-    token, user = await login(
-        request.app.state.pool,
-        _text(body, "email", required=True) or "",
-        _text(body, "password", required=True) or "",
-        LoginLimits(
-            settings.login_max_failures,
-            settings.login_failure_window_seconds,
-            settings.token_ttl_seconds,
-        ),
-    )
+    with metrics.counting_login_failures():
+        token, user = await login(
+            request.app.state.pool,
+            _text(body, "email", required=True) or "",
+            _text(body, "password", required=True) or "",
+            LoginLimits(
+                settings.login_max_failures,
+                settings.login_failure_window_seconds,
+                settings.token_ttl_seconds,
+            ),
+        )
     public = {key: _jsonable(user[key]) for key in ("id", "email", "name", "role")}
     return JSONResponse({"token": token, "user": public})
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -26,6 +27,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 
+import metrics
 import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
@@ -63,6 +65,7 @@ class GraphQLApp(GraphQL[Context, None]):
         """Errors raised before the operation ran (a cached parse) get their code here."""
         if result.errors:
             result.errors = [present_error(error) for error in result.errors]
+        metrics.record_result(request, result.errors)
         return await super().process_result(request, result)
 
     def decode_json(self, data: str | bytes) -> object:
@@ -135,10 +138,14 @@ def create_app(
         )
         app.state.pool, app.state.hub, app.state.listener = pool, hub, listener
         app.state.held_back = HeldBackCache(settings.held_back_cache_seconds)
+        app.state.metrics_sampled = {}
         tasks = [
             asyncio.create_task(listener.run(), name="call-event-listener"),
             asyncio.create_task(sweep(pool, settings.stale_call_sweep_seconds), name="sweep"),
         ]
+        if settings.metrics_token:
+            metrics.forget_dead_workers()
+            tasks.append(asyncio.create_task(metrics.sample_forever(pool, listener)))
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.connected.wait(), 10)
@@ -148,6 +155,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await pool.close()
+            metrics.forget_this_worker()
 
     schema = create_schema(max_depth=settings.max_query_depth, max_aliases=settings.max_aliases)
     graphql = GraphQLApp(
@@ -172,7 +180,9 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/wallboard", wallboard),
+            *metrics.routes,
         ],
+        middleware=[Middleware(metrics.MetricsMiddleware)],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -91,6 +91,8 @@ class Settings:
     access_log: bool = False
     ws_compression: bool = False
     workers: int = 1
+    # /metrics answers only this bearer token; None: /metrics is off.
+    metrics_token: str | None = None
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -137,6 +139,7 @@ class Settings:
             access_log=os.environ.get("ACCESS_LOG", "0") in {"1", "true", "yes"},
             ws_compression=os.environ.get("WS_COMPRESSION", "0") in {"1", "true", "yes"},
             workers=_int("WEB_CONCURRENCY", 1),
+            metrics_token=os.environ.get("METRICS_TOKEN", "").strip() or None,
             allowed_origins=tuple(
                 origin.strip()
                 for origin in os.environ.get("ALLOWED_ORIGINS", "").split(",")

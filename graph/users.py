@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+import metrics
 from graph.types import CreateUserInput, GraphInfo, LoginPayload, User
 from resolvers import users
 from resolvers.auth import SUPERVISORS, LoginLimits, login, logout
@@ -33,16 +34,17 @@ class SessionMutations:
     @strawberry.mutation(description="Exchange credentials for a bearer token.")
     async def login(self, info: GraphInfo, email: str, password: str) -> LoginPayload:
         settings = info.context.settings
-        token, record = await login(
-            info.context.pool,
-            email,
-            password,
-            LoginLimits(
-                max_failures=settings.login_max_failures,
-                window_seconds=settings.login_failure_window_seconds,
-                token_ttl_seconds=settings.token_ttl_seconds,
-            ),
-        )
+        with metrics.counting_login_failures():
+            token, record = await login(
+                info.context.pool,
+                email,
+                password,
+                LoginLimits(
+                    max_failures=settings.login_max_failures,
+                    window_seconds=settings.login_failure_window_seconds,
+                    token_ttl_seconds=settings.token_ttl_seconds,
+                ),
+            )
         return LoginPayload(token=token, user=User.from_record(record))
 
     @strawberry.mutation(description="Revoke the token this request was made with.")

@@ -555,3 +555,33 @@ pidfile = {self.directory / "pgbouncer.pid"}
                 self.process.terminate()
             self.process.communicate(timeout=10)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Prometheus scrapes.
+
+
+@dataclass
+class Scrape:
+    """One /metrics answer, parsed by prometheus_client's own parser."""
+
+    samples: list[Any]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples called name whose labels include these."""
+        return sum(
+            sample.value
+            for sample in self.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def series(self, name: str) -> list[Any]:
+        """Every sample called name."""
+        return [sample for sample in self.samples if sample.name == name]
+
+
+def parse_scrape(text: str) -> Scrape:
+    """A scrape's text format, parsed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return Scrape([s for f in text_string_to_metric_families(text) for s in f.samples])
