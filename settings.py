@@ -11,7 +11,10 @@ from dotenv import load_dotenv
 
 from sql.database import Pooler, SessionSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parent
+# A checkout keeps its .env and .data beside the code; an installed wheel (whose code
+# lives in site-packages) keeps them in the directory it is started from.
+_CODE = Path(__file__).resolve().parent
+PROJECT_ROOT = _CODE if (_CODE / "pyproject.toml").is_file() else Path.cwd()
 # The re-call gap; min_call_interval() in SQL falls back to the same when a connection has
 # no app.min_call_interval_seconds (psql, a hand-written job). tests/test_limits.py checks.
 DEFAULT_MIN_CALL_INTERVAL_SECONDS = 300

@@ -379,10 +379,11 @@ def free_port() -> int:
 
 def environment(data_dir: Path, **extra: str) -> dict[str, str]:
     """This process's environment without its database settings, plus the given ones."""
+    # Without XDG_RUNTIME_DIR, as under a service manager, in a container or in CI.
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "DB_", "TEST_DATABASE_URL"))
+        if not key.startswith(("DATABASE_URL", "DB_", "TEST_DATABASE_URL", "XDG_RUNTIME_DIR"))
     }
     env.update(DATA_DIR=str(data_dir), BCRYPT_ROUNDS="4", **extra)
     return env

@@ -80,6 +80,18 @@ def test_first_run_on_the_embedded_database_loads_the_demo(data_dir: Path) -> No
         assert len(data["prospects"]["edges"]) == 100
     assert "Demo logins" in served.output
     assert "agent1@demo.test" in served.output
+    # A clean start is quiet: no Python warning (platformdirs' RuntimeDirWarning was one).
+    assert "Warning" not in served.output, served.output
+
+
+def test_commands_print_no_warnings(data_dir: Path) -> None:
+    migrated = run(data_dir, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "applied: 001_create_core_schema" in migrated.stdout
+    again = run(data_dir, "migrate")
+    assert "schema is up to date" in again.stdout
+    for done in (migrated, again):
+        assert "Warning" not in done.stdout + done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
