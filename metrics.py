@@ -142,11 +142,12 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 _operation_names: set[str] = set()
 
 
-def operation_label(name: str | None) -> str:
-    """The operation label for a name a client chose: bounded in length and number."""
-    if not name:
+def operation_label(name: object) -> str:
+    """The operation label for a name a client chose (or sent as anything at all):
+    bounded in length and number."""
+    if name is None or name == "":
         return "anonymous"
-    if not OPERATION_NAME.fullmatch(name):
+    if not isinstance(name, str) or not OPERATION_NAME.fullmatch(name):
         return "unknown"
     if name not in _operation_names and len(_operation_names) >= MAX_OPERATION_NAMES:
         return "other"
@@ -200,11 +201,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_note)
         finally:
             seconds = time.perf_counter() - started
-            if labels.operation is not None or labels.outcome is not None:
-                observe_request(labels.operation or "anonymous", labels.outcome or "OK", seconds)
-            elif status >= 400:  # refused before GraphQL ran: not JSON, wrong method, ...
-                observe_request("unknown", f"HTTP_{status}", seconds)
-            # Otherwise it was GraphiQL's page, not an operation.
+            ran = labels.operation is not None or labels.outcome is not None
+            if ran or status >= 400:  # else it was GraphiQL's page, not an operation
+                # Refused before a result was made (not JSON, no such operation...): by status.
+                outcome = labels.outcome or (f"HTTP_{status}" if status >= 400 else "OK")
+                observe_request(labels.operation or "unknown", outcome, seconds)
 
 
 def observe_request(operation: str, outcome: str, seconds: float) -> None:
@@ -225,7 +226,7 @@ class OperationMetrics(SchemaExtension):
             labels = getattr(request, "scope", {}).get(SCOPE_KEY)
             if isinstance(labels, RequestLabels):
                 try:
-                    name = self.execution_context.operation_name
+                    name: object = self.execution_context.operation_name
                 except Exception:  # no document to read it from
                     name = None
                 labels.operation = operation_label(name)
