@@ -31,9 +31,14 @@ statements inside call_eligibility(), the nested statements of one next_lead() c
 auto_explain), the time of held_back() (the "nothing callable" answer), and both again with
 every zone's calling hours closed (at night: nothing is callable anywhere).
 
+With --rate R the agents ask in an open loop instead: R nextLead requests per second in
+all, each agent on a fixed schedule, so latency includes any wait for a busy desk (what a
+dialer offering leads at a steady pace sees); without it they loop as fast as they can
+(the saturating figures).
+
 Usage: .venv/bin/python bench/next_lead.py [--seconds 15] [--warmup 3]
            [--prospects 1000000] [--call-logs 10000000] [--concurrency 16,64]
-           [--phases fresh,worn] [--json]
+           [--phases fresh,worn] [--rate 50] [--json]
 
 The load generator, the server and PostgreSQL share the machine's cores; compare ratios
 and trends from one run, not absolute figures between machines.
@@ -49,7 +54,7 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -359,7 +364,7 @@ SELECT (SELECT count(*) FROM lead_assignments) AS assignments,
 
 FUNCTION_STATS = """
 SELECT funcname, calls, total_time FROM pg_stat_user_functions
-WHERE funcname IN ('next_lead', 'call_eligibility')
+WHERE funcname IN ('next_lead', 'call_refusal')
 """
 DATABASE_STATS = """
 SELECT deadlocks, xact_rollback FROM pg_stat_database WHERE datname = current_database()
@@ -386,9 +391,9 @@ UPDATE prospects SET final_at = now() WHERE final_at IS NULL AND last_call IS NU
 OPEN_ZONES = "SELECT array_agg(array_to_string(zones, '+')) FROM open_queue_zones(now())"
 # Every weekday closed (in a transaction that is rolled back): nothing is callable.
 CLOSE_ALL_HOURS = "DELETE FROM calling_hours"
-# call_eligibility() runs in this transaction so far.
+# Rule checks (call_refusal()) run in this transaction so far.
 XACT_ELIGIBILITY_CHECKS = """
-SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'call_eligibility'
+SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'call_refusal'
 """
 AUTO_EXPLAIN = """
 LOAD 'auto_explain';
@@ -815,8 +820,25 @@ async def drive(
         readings["after"] = meter.read()
         readings["busy after"] = busy_cpu_seconds()
 
-    async def worker(desk: Desk) -> None:
-        while (began := time.perf_counter()) < window_end:
+    async def arrivals(position: int) -> AsyncIterator[float]:
+        """When this desk asks: as soon as it is free (closed loop) or, with --rate, on a
+        fixed schedule whether or not it is free (open loop: a request that waits for the
+        desk counts its wait)."""
+        if options.rate is None:
+            while (now := time.perf_counter()) < window_end:
+                yield now
+            return
+        interval = len(desks) / options.rate
+        due = loop_start + interval * position / len(desks)
+        while due < window_end:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield due
+            due += interval
+
+    async def worker(desk: Desk, position: int) -> None:
+        async for began in arrivals(position):
             tally["issued"] += 1
             try:
                 lead = await desk.next_lead()
@@ -825,13 +847,17 @@ async def drive(
                 await asyncio.sleep(0.01)  # a broken path should not spin
                 continue
             ended = time.perf_counter()
-            measured = began >= window_start and ended <= window_end
+            if options.rate is None:
+                measured = began >= window_start and ended <= window_end
+            else:
+                measured = window_start <= began < window_end
             if measured:
                 latencies.append(ended - began)
                 completions.append(ended)
             if lead is None:
                 tally["nothing"] += 1
-                await asyncio.sleep(0.5)
+                if options.rate is None:
+                    await asyncio.sleep(0.5)
                 continue
             prospect_id, call_log_id = lead
             if prospect_id in holding:
@@ -852,7 +878,9 @@ async def drive(
                 if holding.get(prospect_id) == desk.agent_id:
                     del holding[prospect_id]
 
-    await asyncio.gather(read_cpu_at_window_edges(), *(worker(desk) for desk in desks))
+    await asyncio.gather(
+        read_cpu_at_window_edges(), *(worker(desk, n) for n, desk in enumerate(desks))
+    )
     bench_cpu, server_cpu, postgres_cpu = common.CpuMeter.spent(
         readings["before"], readings["after"]
     )
@@ -869,8 +897,7 @@ async def drive(
     agent_ids = [desk.agent_id for desk in desks]
     leads = stats_after.get("next_lead", (0, 0.0))[0] - stats_before.get("next_lead", (0, 0.0))[0]
     checks = (
-        stats_after.get("call_eligibility", (0, 0.0))[0]
-        - stats_before.get("call_eligibility", (0, 0.0))[0]
+        stats_after.get("call_refusal", (0, 0.0))[0] - stats_before.get("call_refusal", (0, 0.0))[0]
     )
     lead_ms = stats_after.get("next_lead", (0, 0.0))[1] - stats_before.get("next_lead", (0, 0.0))[1]
 
@@ -1259,6 +1286,7 @@ class Options:
     concurrency: list[int]
     phases: list[str]
     json: bool
+    rate: float | None = None
 
 
 def ratio(results: list[Result], result: Result) -> str:
@@ -1340,7 +1368,7 @@ def summary(results: list[Result], plans: Plans) -> str:
     for probe in plans.probes[1:]:
         lines.append(
             f"one next_lead() {probe.when}: {probe.milliseconds:.0f} ms, "
-            f"{probe.checks} call_eligibility() runs"
+            f"{probe.checks} rule checks (call_refusal())"
         )
     lines.append(f"nothing callable: held_back() takes {plans.queue_holds_ms:.0f} ms")
     lines.append(
@@ -1430,7 +1458,7 @@ def report(
     print(
         "leads/s counts nextLead answers completed in the window (endCall is not timed); "
         "first¼/last¼: the rate in the first and last quarter of it. checks: "
-        "call_eligibility() runs per next_lead() (1.00 = the first candidate was taken; "
+        "call_refusal() runs per next_lead() (1.00 = the first candidate was taken; "
         "each rejected candidate adds one). db ms: "
         "mean time inside next_lead() (pg_stat_user_functions). nothing: nothingCallable "
         "answers. dup: prospects handed to two agents at once or twice in the run. errors: "
@@ -1493,7 +1521,7 @@ def report(
     for probe in plans.probes:
         print(
             f"one next_lead() {probe.when}, rolled back: {probe.milliseconds:.1f} ms, "
-            f"{probe.checks} call_eligibility() runs"
+            f"{probe.checks} rule checks (call_refusal())"
             + ("" if probe.handed else ", nothing handed out")
         )
     print()
@@ -1559,6 +1587,12 @@ def parse_options(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--phases", default="fresh,worn", help="fresh, worn or both")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="open loop: nextLead requests per second offered by all agents together, on a "
+        "fixed schedule (default: closed loop, each agent asks again as soon as it is free)",
+    )
     args = parser.parse_args(argv)
     try:
         concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
@@ -1579,6 +1613,8 @@ def parse_options(argv: list[str] | None) -> Options:
         parser.error("--phases takes fresh and/or worn")
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
     return Options(
         seconds=args.seconds,
         warmup=args.warmup,
@@ -1588,6 +1624,7 @@ def parse_options(argv: list[str] | None) -> Options:
         concurrency=concurrency,
         phases=phases,
         json=args.json,
+        rate=args.rate,
     )
 
 

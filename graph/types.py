@@ -192,8 +192,10 @@ class ActiveCallEvent:
     type: ActiveCallEventType
     seq: BigInt = strawberry.field(
         description=(
-            "Numbers every committed call event across the database, in commit order and "
-            "without gaps; a SNAPSHOT carries the number it is current as of."
+            "Numbers the call events this server sends, in commit order and without gaps "
+            "(a subscription narrowed to one agent skips the others' numbers); a SNAPSHOT "
+            "carries the number it is current as of. Numbers belong to one server: after "
+            "reconnecting, start again from the SNAPSHOT."
         )
     )
     at: datetime

@@ -1,11 +1,16 @@
 """Live call events: one LISTEN connection per process, fanned out to every subscriber.
 
-PostgreSQL delivers NOTIFY payloads in commit order, and publish_call_event() numbers
-them in that order without gaps. The Listener owns a dedicated connection (never a
-pooled one), checks it every few seconds, and after any reconnect tells the Hub to
-resynchronise everyone, because events may have been lost while it was away. Each
-subscriber has a bounded queue: a slow client never delays the others, and one that
-falls too far behind is sent a fresh snapshot instead of a backlog.
+PostgreSQL delivers NOTIFY payloads in commit order; the Hub numbers the call events it
+receives in that order, without gaps, so every subscriber of this process sees the same
+numbers. Each event carries its transaction's id, and a snapshot of the active calls
+carries the transactions it shows: the snapshot is numbered after the last event it
+already shows (a fence notification, sent once the snapshot is read, marks where those
+end), so a subscriber gets a SNAPSHOT and then every later event exactly once, and no
+lock is held from an event's creation until its commit. The Listener owns a dedicated
+connection (never a pooled one), checks it every few seconds, and after any reconnect
+tells the Hub to resynchronise everyone, because events may have been lost while it was
+away. Each subscriber has a bounded queue: a slow client never delays the others, and one
+that falls too far behind is sent a fresh snapshot instead of a backlog.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import contextlib
 import json
 import logging
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -30,6 +36,28 @@ log = logging.getLogger("callfloor.events")
 
 CALL_CHANNEL = "active_calls"
 REVOKE_CHANNEL = "sessions_revoked"
+# Events kept to number a snapshot by: far more than arrive while one is read.
+RECENT_EVENTS = 4096
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Which transactions a PostgreSQL snapshot shows (pg_current_snapshot())."""
+
+    xmin: int
+    xmax: int
+    running: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        """From pg_snapshot's text form, 'xmin:xmax:xip,xip'."""
+        xmin, xmax, running = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x))
+
+    def shows(self, xid: int) -> bool:
+        """Whether the transaction had committed when the snapshot was taken (one that
+        notified did not abort)."""
+        return xid < self.xmin or (xid < self.xmax and xid not in self.running)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,17 +70,19 @@ class CallEvent:
     active_call: dict[str, Any] | None = None
     outcome: str | None = None
     active_calls: list[dict[str, Any]] | None = None
+    # The transaction that made the change (not for a SNAPSHOT).
+    xid: int | None = None
 
     @classmethod
-    def from_notification(cls, payload: str) -> CallEvent:
-        """Parse a publish_call_event() payload."""
-        data = json.loads(payload)
+    def from_notification(cls, data: dict[str, Any], seq: int) -> CallEvent:
+        """A publish_call_event() payload, numbered seq."""
         return cls(
             type=data["type"],
-            seq=int(data["seq"]),
+            seq=seq,
             at=datetime.fromisoformat(data["at"]),
             active_call=data["active_call"],
             outcome=data.get("outcome"),
+            xid=int(data["xid"]),
         )
 
     def for_agent(self, agent_id: UUID | None) -> CallEvent | None:
@@ -90,6 +120,9 @@ class Subscriber:
     user_id: UUID
     token_hash: str
     agent_id: UUID | None = None
+    # The Hub's count of subscriptions when this one began: only a snapshot read after it
+    # began can serve it (events before that were never queued for it).
+    joined: int = 0
 
     def offer(self, item: CallEvent | _Signal) -> None:
         """Queue without ever waiting; a full queue is replaced by one RESYNC."""
@@ -107,19 +140,39 @@ class Subscriber:
 
 @dataclass
 class Hub:
-    """Fans events out to this process's subscribers; shares snapshots between them."""
+    """Numbers the events of this process, fans them out to its subscribers and shares
+    snapshots between them."""
 
     pool: asyncpg.Pool
     queue_size: int = 256
+    # How long a snapshot waits for its fence before giving up (the listener is down).
+    fence_seconds: float = 10.0
     subscribers: set[Subscriber] = field(default_factory=set)
     last_seq: int = 0
+    _joined: int = 0
+    _recent: deque[CallEvent] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    _fences: dict[str, asyncio.Future[int]] = field(default_factory=dict)
     _snapshot: CallEvent | None = None
     _snapshot_task: asyncio.Task[CallEvent] | None = None
+    _snapshot_covers: int = 0
     _sockets: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
     _closing: set[asyncio.Future[None]] = field(default_factory=set)
 
+    def receive(self, payload: str) -> None:
+        """A notification on the events' channel: number a call event and publish it, or
+        mark where a snapshot's fence arrived."""
+        data = json.loads(payload)
+        if "fence" in data:
+            fence = self._fences.get(data["fence"])  # another server's: not ours to mark
+            if fence is not None and not fence.done():
+                fence.set_result(self.last_seq)
+            return
+        event = CallEvent.from_notification(data, self.last_seq + 1)
+        self._recent.append(event)
+        self.publish(event)
+
     def publish(self, event: CallEvent) -> None:
-        """Hand a committed event to every subscriber."""
+        """Hand a numbered event to every subscriber."""
         self.last_seq = max(self.last_seq, event.seq)
         for subscriber in list(self.subscribers):
             subscriber.offer(event)
@@ -155,24 +208,51 @@ class Hub:
         reconnect, thousands do); a cached snapshot is reused only while no newer event
         has arrived, so it never hides an event from a new subscriber.
         """
+        return await self._snapshot_for(self._joined)
+
+    async def _snapshot_for(self, joined: int) -> CallEvent:
+        """A snapshot that can serve a subscriber who joined as the joined-th."""
         if self._snapshot is not None and self._snapshot.seq >= self.last_seq:
             return self._snapshot
-        if self._snapshot_task is None:
-            self._snapshot_task = asyncio.ensure_future(self._fetch_snapshot())
-            self._snapshot_task.add_done_callback(self._snapshot_done)
+        # A read that began before the subscriber joined may show less than the events
+        # queued for it: start another.
+        if self._snapshot_task is None or self._snapshot_covers < joined:
+            task = asyncio.ensure_future(self._fetch_snapshot())
+            task.add_done_callback(self._snapshot_done)
+            self._snapshot_task, self._snapshot_covers = task, self._joined
         return await asyncio.shield(self._snapshot_task)
 
     def _snapshot_done(self, task: asyncio.Task[CallEvent]) -> None:
-        self._snapshot_task = None
+        if self._snapshot_task is task:
+            self._snapshot_task = None
         if not task.cancelled() and task.exception() is None:
             self._snapshot = task.result()
 
     async def _fetch_snapshot(self) -> CallEvent:
-        row = await self.pool.fetchrow(QUERIES["active_calls_snapshot"])
+        read_after = self.last_seq
+        name = uuid4().hex
+        fence = asyncio.get_running_loop().create_future()
+        self._fences[name] = fence
+        try:
+            row = await self.pool.fetchrow(QUERIES["active_calls_snapshot"], name)
+            fenced_at = await asyncio.wait_for(fence, self.fence_seconds)
+        finally:
+            self._fences.pop(name, None)
         assert row is not None
+        snapshot = Snapshot.parse(row["snapshot"])
+        # Events that arrived while the snapshot was read, in commit order: those it shows
+        # come first. It is current as of the last of them.
+        between = [event for event in self._recent if read_after < event.seq <= fenced_at]
+        if len(between) != fenced_at - read_after:
+            raise RuntimeError("too many events while a snapshot was read to number it")
+        seq = read_after
+        for event in between:
+            if event.xid is None or not snapshot.shows(event.xid):
+                break
+            seq = event.seq
         return CallEvent(
             type="SNAPSHOT",
-            seq=int(row["seq"]),
+            seq=seq,
             at=datetime.now().astimezone(),
             active_calls=list(row["calls"]),
         )
@@ -182,11 +262,13 @@ class Hub:
         self, user_id: UUID, token_hash: str, agent_id: UUID | None = None
     ) -> AsyncIterator[AsyncIterator[CallEvent]]:
         """Subscribe for the duration of the block; yields the event stream."""
+        self._joined += 1
         subscriber = Subscriber(
             queue=asyncio.Queue(self.queue_size),
             user_id=user_id,
             token_hash=token_hash,
             agent_id=agent_id,
+            joined=self._joined,
         )
         # Subscribe before reading the snapshot, so nothing committed in between is lost.
         self.subscribers.add(subscriber)
@@ -202,7 +284,7 @@ class Hub:
             if item is REVOKED:
                 raise Unauthenticated("The session was signed out")
             if item is RESYNC:
-                snapshot = await self.snapshot()
+                snapshot = await self._snapshot_for(subscriber.joined)
                 seen = snapshot.seq
                 narrowed = snapshot.for_agent(subscriber.agent_id)
                 assert narrowed is not None
@@ -281,8 +363,8 @@ class Listener:
 
     def _on_call_event(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            self.hub.publish(CallEvent.from_notification(str(payload)))
-        except (ValueError, KeyError) as error:
+            self.hub.receive(str(payload))
+        except (ValueError, KeyError, TypeError) as error:
             log.error("ignoring a malformed call event %r: %r", payload, error)
 
     def _on_revoke(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:

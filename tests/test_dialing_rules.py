@@ -390,7 +390,7 @@ async def test_raising_the_day_cap_frees_what_the_day_cap_set_aside(
 
 
 async def eligibility_checks_in_next_lead(pool: asyncpg.Pool, agent_id: str) -> int:
-    """Run next_lead() once, rolled back, and count the call_eligibility() runs it made."""
+    """Run next_lead() once, rolled back, and count the rule checks (call_refusal()) it made."""
     async with pool.acquire() as connection:
         transaction = connection.transaction()
         await transaction.start()
@@ -399,7 +399,7 @@ async def eligibility_checks_in_next_lead(pool: asyncpg.Pool, agent_id: str) -> 
             await connection.fetch("SELECT * FROM next_lead($1)", agent_id)
             checks: int = await connection.fetchval(
                 "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
-                " WHERE funcname = 'call_eligibility'"
+                " WHERE funcname = 'call_refusal'"
             )
             return checks
         finally:

@@ -11,7 +11,7 @@ from sql.migrator import FUNCTIONS_DIR
 
 # A code raised by name, a rule call_eligibility() reports, a count held_back*() reports.
 _RAISED = re.compile(r"raise_domain_error\(\s*'([A-Z_]+)'")
-_RULE = re.compile(r"RETURN QUERY SELECT \d+, '([A-Z_]+)'")
+_RULE = re.compile(r"^\s*\(\d+, '([A-Z_]+)'", re.MULTILINE)
 _COUNTED = re.compile(r"\('([A-Z_]+)', t\.|SELECT '([A-Z_]+)', count")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +29,7 @@ from helpers import (
     wait_until,
 )
 
-from resolvers.events import CallEvent, Hub
+from resolvers.events import CallEvent, Hub, Listener
 from settings import Settings
 
 HEARTBEAT = "mutation($c: ID!) { heartbeatCall(callLogId: $c) { leaseExpiresAt } }"
@@ -161,18 +163,32 @@ async def test_subscriptions_per_connection_are_bounded(
             assert refused["id"] == "2"
 
 
+@asynccontextmanager
+async def listening(database_url: str, hub: Hub) -> AsyncIterator[Listener]:
+    """A hub with its process's listener, as the server runs them."""
+    listener = Listener(database_url, hub)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        yield listener
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_slow_subscriber_gets_a_snapshot_and_never_delays_others(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, database_url: str
 ) -> None:
     """The fan-out never waits: an overflowing queue is replaced by one RESYNC."""
     hub = Hub(pool, queue_size=4)
-    seq = int(await pool.fetchval("SELECT seq FROM call_event_sequence"))
     async with (
+        listening(database_url, hub),
         hub.subscription(uuid_of(1), "slow") as slow,
         hub.subscription(uuid_of(2), "fast") as fast,
     ):
         assert (await anext(slow)).type == "SNAPSHOT"
         assert (await anext(fast)).type == "SNAPSHOT"
+        seq = hub.last_seq
         received = []
         for number in range(1, 21):
             hub.publish(fake_event(seq + number))  # never blocks, whoever is slow
@@ -305,7 +321,6 @@ async def test_replicas_expiring_at_once_expire_each_call_once(
             assert await pool.fetchval("SELECT count(*) FROM active_calls") == 0
         expired = await pool.fetchval("SELECT count(*) FROM call_logs WHERE outcome = 'Expired'")
         assert expired == 300
-        assert await pool.fetchval("SELECT seq FROM call_event_sequence") == 300
     finally:
         for replica in replicas:
             await replica.close()
@@ -369,3 +384,83 @@ async def test_many_subscribers_of_one_event_all_receive_it(api: Api, team: Team
         theirs = await start(api, team.agents[1]["token"], other["id"])
         assert (await narrowed.next())["activeCall"]["callLogId"] == theirs["callLogId"]
         assert (await first.next())["activeCall"]["callLogId"] == theirs["callLogId"]
+
+
+async def test_snapshots_raced_against_commits_show_every_event_once(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Subscribers join while agents start and end calls as fast as they can: each one's
+    SNAPSHOT plus the events after it, applied in order, must be the database's active
+    calls, with numbers following on without gaps and no call started or ended twice."""
+    watchers_count, calls_between_joins = 20, 4
+    async with running_server(replace(settings, min_call_interval_seconds=0)) as api:
+        agents = [await add_user(pool, api, f"racer{i}@test.example", "agent") for i in range(6)]
+        prospects = [await add_prospect(api, agents[0]["token"], next_phone()) for _ in range(12)]
+        marker = await add_prospect(api, agents[0]["token"], next_phone(), name="Marker")
+        cycles = 0
+        joined = 0
+        writing = True
+
+        async def work(agent: dict[str, Any], mine: list[dict[str, Any]]) -> None:
+            nonlocal cycles
+            while writing:
+                for prospect in mine:
+                    body = await api.graphql(START_CALL, {"p": prospect["id"]}, agent["token"])
+                    if body.get("errors"):
+                        continue
+                    call = body["data"]["startCall"]
+                    await end(api, agent["token"], prospect["id"], call["callLogId"])
+                    cycles += 1
+
+        async def watch(turn: int) -> tuple[set[str], list[int]]:
+            """Join once the writers have made turn * calls_between_joins calls; return
+            the active calls seen and the numbers received."""
+            nonlocal joined
+            await wait_until(lambda: cycles >= turn * calls_between_joins, 60, "writers")
+            active: set[str] = set()
+            numbers: list[int] = []
+            async with subscribe(api, agents[0]["token"]) as stream:
+                snapshot = await stream.next(within=30)
+                joined += 1
+                assert snapshot["type"] == "SNAPSHOT"
+                active = {call["callLogId"] for call in snapshot["activeCalls"]}
+                numbers.append(snapshot["seq"])
+                while True:
+                    event = await stream.next(within=30)
+                    if event["type"] == "SNAPSHOT":  # resynced: start over from it
+                        active = {call["callLogId"] for call in event["activeCalls"]}
+                        numbers = [event["seq"]]
+                        continue
+                    numbers.append(event["seq"])
+                    call_log = event["activeCall"]["callLogId"]
+                    if event["type"] == "STARTED":
+                        assert call_log not in active, "started twice"
+                        active.add(call_log)
+                    else:
+                        assert call_log in active, "ended a call never seen"
+                        active.discard(call_log)
+                    if event["activeCall"]["prospectId"] == marker["id"]:
+                        return active, numbers
+
+        pairs = [prospects[i::6] for i in range(6)]
+        writers = [
+            asyncio.create_task(work(agent, mine))
+            for agent, mine in zip(agents, pairs, strict=True)
+        ]
+        watchers = [asyncio.create_task(watch(turn)) for turn in range(watchers_count)]
+        # Writers keep going until every watcher has joined in the middle of their work.
+        await wait_until(lambda: joined == watchers_count, 120, "every watcher to join")
+        writing = False
+        await asyncio.gather(*writers)
+        # Everything committed before the marker reaches every watcher before it.
+        marked = await start(api, agents[0]["token"], marker["id"])
+        results = await asyncio.gather(*watchers)
+        in_database = {
+            row["call_log_id"]
+            for row in await pool.fetch("SELECT call_log_id::text FROM active_calls")
+        }
+        assert marked["callLogId"] in in_database
+        for active, numbers in results:
+            assert active == in_database
+            assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+        assert cycles >= watchers_count * calls_between_joins

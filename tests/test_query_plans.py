@@ -53,7 +53,6 @@ SMALL_TABLES = {
     "prospect_statuses",
     "users",
     "active_calls",
-    "call_event_sequence",
 }
 INDEXES_USED = {
     "prospects_queue_idx",

@@ -55,8 +55,9 @@ $$;
 
 -- The callee's local day around p_at, in the first of their zones: the per-day attempt
 -- cap counts the calls in it.
-CREATE OR REPLACE FUNCTION callee_day(p_zones text[], p_at timestamptz,
-                                      OUT starts_at timestamptz, OUT ends_at timestamptz)
+-- (A set of one row, so the planner inlines it into the query that asks.)
+CREATE OR REPLACE FUNCTION callee_day(p_zones text[], p_at timestamptz)
+RETURNS TABLE (starts_at timestamptz, ends_at timestamptz)
 LANGUAGE sql STABLE AS $$
     SELECT day AT TIME ZONE p_zones[1], (day + interval '1 day') AT TIME ZONE p_zones[1]
     FROM (SELECT date_trunc('day', p_at AT TIME ZONE p_zones[1]) AS day) d

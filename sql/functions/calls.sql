@@ -47,20 +47,20 @@ BEGIN
     INSERT INTO call_logs (prospect_id, caller_id, phone_number, from_number)
     VALUES (p_prospect_id, p_caller_id, p_phone_number, p_from_number)
     RETURNING call_logs.id, call_logs.started_at INTO call_log_id, started_at;
-    BEGIN
-        INSERT INTO active_calls (prospect_id, caller_id, call_log_id, phone_number, started_at,
-                                  lease_expires_at)
-        VALUES (p_prospect_id, p_caller_id, call_log_id, p_phone_number, started_at,
-                started_at + active_call_timeout())
-        RETURNING * INTO v_active;
-    EXCEPTION WHEN unique_violation THEN
+    INSERT INTO active_calls (prospect_id, caller_id, call_log_id, phone_number, started_at,
+                              lease_expires_at)
+    VALUES (p_prospect_id, p_caller_id, call_log_id, p_phone_number, started_at,
+            started_at + active_call_timeout())
+    ON CONFLICT (prospect_id) DO NOTHING
+    RETURNING * INTO v_active;
+    IF NOT FOUND THEN
         PERFORM raise_domain_error('ALREADY_IN_CALL', 'Prospect is currently on another call');
-    END;
+    END IF;
     UPDATE callbacks SET taken_at = now(), call_log_id = record_call_start.call_log_id
     WHERE prospect_id = p_prospect_id AND taken_at IS NULL AND due_at <= now() + interval '1 hour';
     active_call_id := v_active.id;
     active_call := active_call_json(v_active);
-    PERFORM publish_call_event('STARTED', v_active, NULL);
+    PERFORM publish_call_event('STARTED', active_call, NULL);
 END
 $$;
 
@@ -133,8 +133,10 @@ BEGIN
     -- A prospect that used up its attempts leaves the queue, and one that used up today's
     -- waits for the callee's next local day: nextLead would only pick and refuse them again.
     SELECT * INTO v_caps FROM attempt_caps(p_active.prospect_id, v_zones, now());
-    PERFORM hold_at_attempt_cap(p_active.prospect_id, v_caps.total_reached,
-                                CASE WHEN v_caps.day_reached THEN v_caps.day_ends END);
+    IF v_caps.total_reached OR v_caps.day_reached THEN
+        PERFORM hold_at_attempt_cap(p_active.prospect_id, v_caps.total_reached,
+                                    CASE WHEN v_caps.day_reached THEN v_caps.day_ends END);
+    END IF;
     IF v_disposition.adds_to_do_not_call THEN
         INSERT INTO do_not_call (phone, source, reason, added_by)
         VALUES (v_call.phone_number, 'disposition', 'Outcome: ' || p_outcome, acting_user_id())
@@ -146,7 +148,7 @@ BEGIN
                 callable_time(v_zones, coalesce(p_callback_at, now() + interval '1 day')),
                 p_active.caller_id, acting_user_id());
     END IF;
-    PERFORM publish_call_event(p_event, p_active, p_outcome);
+    PERFORM publish_call_event(p_event, active_call_json(p_active), p_outcome);
     RETURN v_call;
 END
 $$;

@@ -9,7 +9,8 @@ BEGIN
     UPDATE prospects p
        SET final_at = NULL, closed_by = NULL
      WHERE p.closed_by = 'attempts' AND p.erased_at IS NULL
-       AND NOT (attempt_caps(p.id, prospect_time_zones(p.queue_zones), now())).total_reached;
+       AND NOT EXISTS (SELECT 1 FROM attempt_caps(p.id, prospect_time_zones(p.queue_zones), now()) c
+                       WHERE c.total_reached);
     RETURN NULL;
 END
 $$;

@@ -46,9 +46,10 @@ $$;
 -- The attempt caps of a prospect at p_at: whether it used up its attempts in total
 -- (archived calls count too: archiving must not reopen a capped prospect) and in the
 -- callee's local day, and when that day ends.
-CREATE OR REPLACE FUNCTION attempt_caps(p_prospect_id uuid, p_zones text[], p_at timestamptz,
-    OUT total_reached boolean, OUT day_reached boolean, OUT day_ends timestamptz,
-    OUT max_total int, OUT max_per_day int)
+-- (A set of one row, so the planner inlines it into the query that asks.)
+CREATE OR REPLACE FUNCTION attempt_caps(p_prospect_id uuid, p_zones text[], p_at timestamptz)
+RETURNS TABLE (total_reached boolean, day_reached boolean, day_ends timestamptz,
+               max_total int, max_per_day int)
 LANGUAGE sql STABLE AS $$
     SELECT count(c.id) >= r.max_attempts_total,
            count(c.id) FILTER (WHERE c.started_at >= d.starts_at AND c.started_at <= p_at)
@@ -83,6 +84,8 @@ CREATE OR REPLACE FUNCTION call_eligibility(
 RETURNS TABLE (rule_order int, code text, blocking boolean, queue_only boolean,
                until timestamptz, reason text, last_call_time timestamptz, last_caller_id uuid)
 LANGUAGE plpgsql STABLE AS $$
+-- Each fact is looked up once, by a small statement whose plan the session keeps; one
+-- statement then lists the rules. (One big SQL statement instead took milliseconds to plan.)
 DECLARE
     v_prospect prospects%ROWTYPE;
     v_rules dialing_rules%ROWTYPE;
@@ -93,11 +96,13 @@ DECLARE
     v_zones text[];
     v_window record;
     v_caps record;
-    v_count bigint;
-    v_oldest timestamptz;
+    v_number_calls bigint;
+    v_number_oldest timestamptz;
+    v_listed boolean;
+    v_listed_until timestamptz;
     v_assigned record;
-    v_callback record;
-    v_dnc record;
+    v_reserved_until timestamptz;
+    v_next_callback timestamptz;
 BEGIN
     SELECT * INTO v_prospect FROM prospects WHERE id = p_prospect_id;
     IF NOT FOUND THEN
@@ -107,73 +112,66 @@ BEGIN
     END IF;
     SELECT * INTO v_rules FROM dialing_rules;
     v_phone := coalesce(p_phone, v_prospect.phone);
-    v_supervisor := coalesce((SELECT role <> 'agent' FROM users WHERE id = p_caller_id), false);
+    v_zones := prospect_time_zones(v_prospect.queue_zones);
+    v_supervisor := coalesce((SELECT u.role <> 'agent' FROM users u WHERE u.id = p_caller_id), false);
     SELECT c.started_at, c.caller_id INTO v_last_time, v_last_caller
     FROM call_logs c WHERE c.prospect_id = p_prospect_id ORDER BY c.started_at DESC LIMIT 1;
-
-    RETURN QUERY SELECT 0, 'PROSPECT_ERASED', v_prospect.erased_at IS NOT NULL, false,
-        NULL::timestamptz, 'The prospect''s personal data was erased', v_last_time, v_last_caller;
-
-    RETURN QUERY SELECT 1, 'ALREADY_IN_CALL',
-        EXISTS (SELECT 1 FROM active_calls a WHERE a.prospect_id = p_prospect_id), false,
-        NULL::timestamptz, 'Prospect is currently on another call', v_last_time, v_last_caller;
-
-    SELECT * INTO v_dnc FROM do_not_call d WHERE d.phone = v_phone AND do_not_call_in_force(d, p_at);
-    RETURN QUERY SELECT 2, 'DO_NOT_CALL', v_dnc.id IS NOT NULL, false, v_dnc.expires_at,
-        'The number is on the Do-Not-Call list', v_last_time, v_last_caller;
-
-    RETURN QUERY SELECT 3, 'RECENTLY_CALLED', called_recently(v_last_time, p_at),
-        false, v_last_time + min_call_interval(),
-        'Prospect was called recently (within ' || describe_interval(min_call_interval()) || ')',
-        v_last_time, v_last_caller;
-
-    v_zones := prospect_time_zones(v_prospect.queue_zones);
+    SELECT true, d.expires_at INTO v_listed, v_listed_until
+    FROM do_not_call d WHERE d.phone = v_phone AND do_not_call_in_force(d, p_at);
     SELECT * INTO v_window FROM calling_window(v_zones, p_at);
-    RETURN QUERY SELECT 4, 'OUTSIDE_CALLING_HOURS', NOT v_window.is_open, false, v_window.next_open,
-        'Outside calling hours in ' || array_to_string(v_zones, ', '), v_last_time, v_last_caller;
-
     SELECT * INTO v_caps FROM attempt_caps(p_prospect_id, v_zones, p_at);
-    RETURN QUERY SELECT 5, 'MAX_ATTEMPTS_REACHED', v_caps.total_reached, false, NULL::timestamptz,
-        'Prospect reached ' || describe_count(v_caps.max_total, 'attempt') || ' in total', v_last_time, v_last_caller;
-    RETURN QUERY SELECT 6, 'MAX_ATTEMPTS_REACHED', v_caps.day_reached, false, v_caps.day_ends,
-        'Prospect reached ' || describe_count(v_caps.max_per_day, 'attempt') || ' today', v_last_time, v_last_caller;
     -- The number, whichever prospect it was dialled for, in the last 24 hours.
-    SELECT count(*), min(started_at) INTO v_count, v_oldest FROM (
+    SELECT count(*), min(recent.started_at) INTO v_number_calls, v_number_oldest FROM (
         SELECT c.started_at FROM call_logs c
-        WHERE c.phone_number = v_phone AND c.started_at > p_at - interval '24 hours' AND c.started_at <= p_at
+        WHERE c.phone_number = v_phone AND c.started_at > p_at - interval '24 hours'
+          AND c.started_at <= p_at
         ORDER BY c.started_at DESC LIMIT v_rules.max_attempts_per_number_24h) recent;
-    RETURN QUERY SELECT 7, 'MAX_ATTEMPTS_REACHED', v_count >= v_rules.max_attempts_per_number_24h, false,
-        v_oldest + interval '24 hours',
-        'The number was called '
-            || describe_count(v_rules.max_attempts_per_number_24h, 'time') || ' in 24 hours',
-        v_last_time, v_last_caller;
-
     SELECT la.agent_id, la.expires_at INTO v_assigned FROM lead_assignments la
     WHERE la.prospect_id = p_prospect_id AND assignment_is_live(la, p_at);
-    RETURN QUERY SELECT 8, 'ASSIGNED_TO_OTHER_AGENT',
-        v_assigned.agent_id IS NOT NULL AND v_assigned.agent_id <> p_caller_id AND NOT v_supervisor,
-        false, v_assigned.expires_at, 'Prospect is assigned to another agent', v_last_time, v_last_caller;
-
-    SELECT callback_reserved_until(cb, v_rules.callback_grace) AS until INTO v_callback
+    -- An agent-only callback holds the prospect for its agent until due + grace.
+    SELECT callback_reserved_until(cb, v_rules.callback_grace) INTO v_reserved_until
     FROM callbacks cb
     WHERE cb.prospect_id = p_prospect_id
       AND callback_reserves(cb, p_caller_id, p_at, v_rules.callback_grace)
     ORDER BY cb.due_at LIMIT 1;
-    RETURN QUERY SELECT 9, 'CALLBACK_RESERVED', v_callback.until IS NOT NULL AND NOT v_supervisor,
-        false, v_callback.until,
-        'A callback reserves this prospect for another agent', v_last_time, v_last_caller;
-
-    -- Queue-only rules.
-    RETURN QUERY SELECT 10, 'PROSPECT_CLOSED', v_prospect.final_at IS NOT NULL, true, NULL::timestamptz,
-        'The prospect left the queue (a final outcome, or its attempts are used up)',
-        v_last_time, v_last_caller;
-    RETURN QUERY SELECT 11, 'RECYCLE_DELAY', recycling(v_prospect, p_at), true,
-        v_prospect.recycle_until, 'The last outcome asks to wait before calling again',
-        v_last_time, v_last_caller;
-    SELECT min(cb.due_at) AS due_at INTO v_callback FROM callbacks cb
+    SELECT min(cb.due_at) INTO v_next_callback FROM callbacks cb
     WHERE cb.prospect_id = p_prospect_id AND cb.taken_at IS NULL AND cb.due_at > p_at;
-    RETURN QUERY SELECT 12, 'CALLBACK_NOT_DUE', v_callback.due_at IS NOT NULL, true, v_callback.due_at,
-        'A callback is scheduled for later', v_last_time, v_last_caller;
+
+    RETURN QUERY SELECT rule.*, v_last_time, v_last_caller FROM (VALUES
+        (0, 'PROSPECT_ERASED', v_prospect.erased_at IS NOT NULL, false, NULL::timestamptz,
+         'The prospect''s personal data was erased'),
+        (1, 'ALREADY_IN_CALL',
+         EXISTS (SELECT 1 FROM active_calls a WHERE a.prospect_id = p_prospect_id), false, NULL,
+         'Prospect is currently on another call'),
+        (2, 'DO_NOT_CALL', coalesce(v_listed, false), false, v_listed_until,
+         'The number is on the Do-Not-Call list'),
+        (3, 'RECENTLY_CALLED', called_recently(v_last_time, p_at), false,
+         v_last_time + min_call_interval(),
+         'Prospect was called recently (within ' || describe_interval(min_call_interval()) || ')'),
+        (4, 'OUTSIDE_CALLING_HOURS', NOT v_window.is_open, false, v_window.next_open,
+         'Outside calling hours in ' || array_to_string(v_zones, ', ')),
+        (5, 'MAX_ATTEMPTS_REACHED', v_caps.total_reached, false, NULL,
+         'Prospect reached ' || describe_count(v_caps.max_total, 'attempt') || ' in total'),
+        (6, 'MAX_ATTEMPTS_REACHED', v_caps.day_reached, false, v_caps.day_ends,
+         'Prospect reached ' || describe_count(v_caps.max_per_day, 'attempt') || ' today'),
+        (7, 'MAX_ATTEMPTS_REACHED', v_number_calls >= v_rules.max_attempts_per_number_24h, false,
+         v_number_oldest + interval '24 hours',
+         'The number was called '
+             || describe_count(v_rules.max_attempts_per_number_24h, 'time') || ' in 24 hours'),
+        (8, 'ASSIGNED_TO_OTHER_AGENT',
+         v_assigned.agent_id IS NOT NULL AND v_assigned.agent_id <> p_caller_id
+             AND NOT v_supervisor,
+         false, v_assigned.expires_at, 'Prospect is assigned to another agent'),
+        (9, 'CALLBACK_RESERVED', v_reserved_until IS NOT NULL AND NOT v_supervisor, false,
+         v_reserved_until, 'A callback reserves this prospect for another agent'),
+        -- Queue-only rules.
+        (10, 'PROSPECT_CLOSED', v_prospect.final_at IS NOT NULL, true, NULL,
+         'The prospect left the queue (a final outcome, or its attempts are used up)'),
+        (11, 'RECYCLE_DELAY', recycling(v_prospect, p_at), true, v_prospect.recycle_until,
+         'The last outcome asks to wait before calling again'),
+        (12, 'CALLBACK_NOT_DUE', v_next_callback IS NOT NULL, true, v_next_callback,
+         'A callback is scheduled for later')
+    ) AS rule (rule_order, code, blocking, queue_only, until, reason);
 END
 $$;
 

@@ -1,5 +1,5 @@
--- Call events: each start and end of a call is numbered in commit order and sent with
--- NOTIFY inside its transaction; a snapshot says which number it is current as of.
+-- Call events: each start and end of a call is sent with NOTIFY inside its transaction,
+-- with the transaction's id; a snapshot says which transactions it shows.
 
 -- An active call as events and snapshots carry it: with the names a wallboard shows.
 CREATE OR REPLACE FUNCTION active_call_json(p_call active_calls) RETURNS jsonb
@@ -13,28 +13,28 @@ LANGUAGE sql STABLE AS $$
     WHERE p.id = p_call.prospect_id AND u.id = p_call.caller_id
 $$;
 
--- Number a call event and NOTIFY it; delivered only if the transaction commits. Call it
--- last in the transaction: it holds the counter's row lock until commit, which makes the
--- numbers follow commit order without gaps, so a subscriber that sees 41 then 43 knows it
--- missed 42.
-CREATE OR REPLACE FUNCTION publish_call_event(p_type text, p_call active_calls, p_outcome text)
-RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_seq bigint;
-BEGIN
-    UPDATE call_event_sequence SET seq = seq + 1 RETURNING seq INTO v_seq;
-    PERFORM pg_notify('active_calls', jsonb_build_object(
-        'seq', v_seq, 'type', p_type, 'at', clock_timestamp(),
-        'active_call', active_call_json(p_call), 'outcome', p_outcome)::text);
-    RETURN v_seq;
-END
+-- Send a call event (the call as active_call_json() shows it) with NOTIFY; delivered only if the transaction commits, and in commit
+-- order. It carries the transaction's id, which tells a server whether a snapshot of the
+-- active calls already shows it (see active_calls_snapshot()); nothing is locked until
+-- commit beyond what NOTIFY itself takes.
+CREATE OR REPLACE FUNCTION publish_call_event(p_type text, p_call jsonb, p_outcome text)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify('active_calls', jsonb_build_object(
+        'xid', pg_current_xact_id()::text, 'type', p_type, 'at', clock_timestamp(),
+        'active_call', p_call, 'outcome', p_outcome)::text)
 $$;
 
--- Every active call and the event number it is current as of, read in one snapshot.
-CREATE OR REPLACE FUNCTION active_calls_snapshot(OUT seq bigint, OUT calls jsonb)
-LANGUAGE sql STABLE AS $$
-    SELECT (SELECT s.seq FROM call_event_sequence s),
+-- Every active call and the snapshot it was read in (pg_current_snapshot(): which
+-- transactions it sees), in one statement; then a fence, a NOTIFY on the events' channel
+-- sent when this statement commits, so after every event the snapshot can show. The
+-- server that asked (p_fence names it) counts the events before the fence that the
+-- snapshot already shows and numbers the snapshot after the last of them.
+CREATE OR REPLACE FUNCTION active_calls_snapshot(
+    p_fence text, OUT snapshot text, OUT calls jsonb)
+LANGUAGE sql AS $$
+    SELECT pg_current_snapshot()::text,
            coalesce((SELECT jsonb_agg(active_call_json(a) ORDER BY a.started_at, a.id)
                      FROM active_calls a), '[]'::jsonb)
+    FROM (SELECT pg_notify('active_calls', jsonb_build_object('fence', p_fence)::text)) fence
 $$;

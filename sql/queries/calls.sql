@@ -62,8 +62,9 @@ JOIN users u ON u.id = a.caller_id
 WHERE a.prospect_id = ANY($1::uuid[]);
 
 -- name: active_calls_snapshot
--- Every active call as JSON, and the event number it is current as of.
-SELECT seq, calls FROM active_calls_snapshot();
+-- Every active call as JSON and the snapshot it was read in, then a fence event. $1 the
+-- fence's name.
+SELECT snapshot, calls FROM active_calls_snapshot($1);
 
 -- name: heartbeat_call
 -- Extend an active call's lease; the call as events carry it. $1 call log id, $2 acting user.
