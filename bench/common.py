@@ -11,6 +11,7 @@ script from it) and call `common.run(...)`, `common.server_process(...)` and so 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import math
@@ -163,6 +164,9 @@ class TemporaryPostgres:
     def __init__(self, prefix: str) -> None:
         # Short path: PostgreSQL's Unix socket lives in it (sun_path is ~100 bytes).
         self.directory = Path(tempfile.mkdtemp(prefix=prefix))
+        # The server's exit handler takes its start lock (in directory/run) after remove():
+        # registered before the server's, this runs after it and removes that too.
+        atexit.register(shutil.rmtree, self.directory, ignore_errors=True)
         self.server: Any = None
 
     def start(self) -> str:

@@ -4,6 +4,7 @@ test, and a server on it. Helpers that tests import live in helpers.py."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import tempfile
@@ -45,6 +46,10 @@ def admin_url() -> Iterator[str]:
         return
     # Short path: the server's Unix socket lives in it (sun_path is ~100 bytes).
     directory = Path(tempfile.mkdtemp(prefix="cf-test-"))
+    # The server's own exit handler takes its start lock (in directory/run) once more, after
+    # the removal below: registered first, this removal runs after it (handlers run last in,
+    # first out), so the directory goes for good.
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     server = database.start_embedded_server(directory)
     try:
         yield server.get_uri()
