@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import csv
 import getpass
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
+import metrics
 import terminal
 from graph.schema import create_schema
 from resolvers import (
@@ -42,19 +46,25 @@ log = logging.getLogger("callfloor")
 
 @dataclass
 class Database:
-    """The database the commands use, and the embedded server handle that keeps it up."""
+    """The database the commands use, and the embedded server handle that keeps it up.
+
+    url serves the pools; direct_url never goes through a transaction pooler, for what
+    needs a session: the migrator's advisory lock, reset-db (DATABASE_LISTEN_URL).
+    """
 
     url: str
+    direct_url: str
     embedded: Any = None
 
 
 def open_database(settings: Settings) -> Database:
     """The configured database, or the embedded one (started and created on demand)."""
     if settings.database_url:
-        return Database(settings.database_url)
+        return Database(settings.database_url, settings.listen_url(settings.database_url))
     server = database.start_embedded_server(settings.data_dir)
     asyncio.run(database.ensure_database(server.get_uri(), database.EMBEDDED_DATABASE))
-    return Database(server.get_uri(database=database.EMBEDDED_DATABASE), embedded=server)
+    url = server.get_uri(database=database.EMBEDDED_DATABASE)
+    return Database(url, url, embedded=server)
 
 
 async def apply_migrations(url: str) -> list[str]:
@@ -70,6 +80,7 @@ async def _with_pool(settings: Settings, url: str) -> asyncpg.Pool:
     return await database.create_pool(
         url,
         session=settings.session,
+        pooler=settings.pooler,
         min_size=1,
         max_size=2,
     )
@@ -99,7 +110,7 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     db = open_database(settings)
-    applied = asyncio.run(apply_migrations(db.url))
+    applied = asyncio.run(apply_migrations(db.direct_url))
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     if db.embedded is not None:
@@ -125,6 +136,7 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the
     # handler it found in place: this one ends the process normally, with status 0.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    prepare_metrics_directory(settings)
     if settings.workers > 1:
         # Each worker is a replica: its own pool, listener and sweep, like another server.
         os.environ["DATABASE_URL"] = db.url
@@ -134,6 +146,21 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings, db.url), **options)
     return 0
+
+
+def prepare_metrics_directory(settings: Settings) -> None:
+    """Where the workers' metrics meet: PROMETHEUS_MULTIPROC_DIR when given, emptied of an
+    earlier run's files; else, with more than one worker and /metrics on, a fresh
+    temporary directory, removed at exit. One process needs none."""
+    given = os.environ.get(metrics.MULTIPROCESS_DIRECTORY)
+    if given:
+        metrics.prepare_directory(Path(given))
+        if settings.workers > 1:  # this process only starts the workers: no live gauges
+            metrics.forget_this_worker()
+    elif settings.workers > 1 and settings.metrics_token:
+        directory = tempfile.mkdtemp(prefix="callfloor-metrics-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        os.environ[metrics.MULTIPROCESS_DIRECTORY] = directory
 
 
 def _exit_after_shutdown(signum: int, frame: object) -> None:
@@ -151,19 +178,25 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def command_migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Apply pending migrations and say which."""
     db = open_database(settings)
-    applied = asyncio.run(apply_migrations(db.url))
+    applied = asyncio.run(apply_migrations(db.direct_url))
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
 
 
 def command_create_user(settings: Settings, args: argparse.Namespace) -> int:
-    """Create a user; the password comes from stdin or a prompt, never the command line."""
+    """Create a user, or a batch of them with --from-file; passwords come from stdin, a
+    prompt or the file, never the command line."""
+    if args.from_file is not None:
+        return create_users_from_file(settings, args)
+    if not args.email or not args.role:
+        print("error: create-user needs --email and --role, or --from-file", file=sys.stderr)
+        return 2
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = getpass.getpass("Password: ")
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
 
     async def create() -> asyncpg.Record:
         pool = await _with_pool(settings, db.url)
@@ -188,10 +221,90 @@ def command_create_user(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+USER_FIELDS = ("email", "role", "name", "password")
+
+
+def read_new_users(source: TextIO, form: str) -> list[users.NewUser]:
+    """Users from CSV (a header naming email, role, password and optionally name) or JSON
+    lines (one object per line with the same keys); form is csv, jsonl or auto (JSON lines
+    when the first character is '{'). ValueError names the line that cannot be read."""
+    text = source.read()
+    if form == "auto":
+        form = "jsonl" if text.lstrip().startswith("{") else "csv"
+    rows: list[tuple[int, dict[str, object]]] = []
+    if form == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"line {number} is not JSON: {error}") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"line {number} is not a JSON object")
+            rows.append((number, value))
+    else:
+        reader = csv.DictReader(text.splitlines())
+        headers = {(name or "").strip().lower() for name in reader.fieldnames or []}
+        missing = {"email", "role", "password"} - headers
+        if missing:
+            raise ValueError(f"the CSV header lacks {', '.join(sorted(missing))}")
+        for row in reader:
+            cleaned = {(key or "").strip().lower(): value for key, value in row.items()}
+            rows.append((reader.line_num, cleaned))
+    return [
+        users.NewUser(
+            line=number,
+            **{key: str(row.get(key) or "") for key in USER_FIELDS},
+        )
+        for number, row in rows
+    ]
+
+
+def create_users_from_file(settings: Settings, args: argparse.Namespace) -> int:
+    """create-user --from-file: every user of the file, or none (exit 2, every bad row
+    named)."""
+    try:
+        if args.from_file == "-":
+            batch = read_new_users(sys.stdin, args.format)
+        else:
+            with open(args.from_file, encoding="utf-8-sig", newline="") as source:
+                batch = read_new_users(source, args.format)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not batch:
+        print("error: the file holds no users", file=sys.stderr)
+        return 2
+    db = open_database(settings)
+    asyncio.run(apply_migrations(db.direct_url))
+
+    async def create() -> tuple[list[asyncpg.Record], list[users.UserRowError]]:
+        pool = await _with_pool(settings, db.url)
+        try:
+            return await users.create_users(pool, batch, settings.bcrypt_rounds)
+        finally:
+            await pool.close()
+
+    created, errors = asyncio.run(create())
+    for problem in errors:
+        print(f"error: line {problem.line}: {problem.reason}", file=sys.stderr)
+    if errors:
+        rows = terminal.count(len(errors), "row")
+        print(
+            f"nothing was created: {rows} cannot be used; fix them and run again", file=sys.stderr
+        )
+        return 2
+    print(f"created {terminal.count(len(created), 'user')}")
+    for record in created:
+        print(f"  {record['role']:8} {record['email']} ({record['id']})")
+    return 0
+
+
 def command_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Load demo users and prospects (idempotent)."""
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
     asyncio.run(seed_demo_data(settings, db.url))
     return 0
 
@@ -204,7 +317,7 @@ def command_reset_db(settings: Settings, args: argparse.Namespace) -> int:
     db = open_database(settings)
 
     async def reset() -> list[str]:
-        connection = await asyncpg.connect(db.url)
+        connection = await asyncpg.connect(db.direct_url)
         try:
             await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
             return await migrate(connection)
@@ -239,7 +352,7 @@ def run_file_import(
         print(f"error: no such file: {path}", file=sys.stderr)
         return 2
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
     try:
         with contextlib.ExitStack() as files:
             source = files.enter_context(path.open(encoding=args.encoding, newline=""))
@@ -256,7 +369,10 @@ def run_file_import(
             def progress(rows: int, done: bool) -> None:
                 bar.update(rows)
                 if done:
-                    bar.finish(f"read {rows:,} rows; committing")
+                    ending = "committing"
+                    if args.dry_run:
+                        ending = "checking, then rolling back (dry run)"
+                    bar.finish(f"read {terminal.count(rows, 'row')}; {ending}")
 
             report = asyncio.run(run(db.url, source, on_error, progress))
     except DomainError as error:
@@ -293,6 +409,7 @@ def command_import_csv(settings: Settings, args: argparse.Namespace) -> int:
         pool = await database.create_pool(
             url,
             session=settings.session,
+            pooler=settings.pooler,
             min_size=args.jobs,
             max_size=args.jobs,
         )
@@ -352,7 +469,7 @@ def command_import_mock(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: cannot read {args.file} as JSON: {error}", file=sys.stderr)
         return 2
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
 
     async def run() -> mock_store.MockReport:
         pool = await _with_pool(settings, db.url)
@@ -386,7 +503,7 @@ def command_archive(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
     db = open_database(settings)
-    asyncio.run(apply_migrations(db.url))
+    asyncio.run(apply_migrations(db.direct_url))
 
     async def run() -> None:
         pool = await _with_pool(settings, db.url)
@@ -414,11 +531,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply pending migrations").set_defaults(
         run=command_migrate
     )
-    create_user = commands.add_parser("create-user", help="create a user")
-    create_user.add_argument("--email", required=True)
-    create_user.add_argument("--role", required=True, choices=["agent", "manager", "admin"])
+    create_user = commands.add_parser(
+        "create-user", help="create a user, or many from a file (CSV or JSON lines)"
+    )
+    create_user.add_argument("--email")
+    create_user.add_argument("--role", choices=["agent", "manager", "admin"])
     create_user.add_argument("--name", default="")
     create_user.add_argument("--password-stdin", action="store_true", help="read the password")
+    create_user.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="create every user of FILE ('-' for stdin), all or none: CSV with a header"
+        " (email, role, name, password) or JSON lines with those keys",
+    )
+    create_user.add_argument(
+        "--format", choices=["auto", "csv", "jsonl"], default="auto", help="of --from-file"
+    )
     create_user.set_defaults(run=command_create_user)
     commands.add_parser("seed-demo", help="load demo users and prospects").set_defaults(
         run=command_seed_demo

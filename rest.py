@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import metrics
 from graph.extensions import UNAVAILABLE_MESSAGE, is_database_unavailable
 from resolvers import calls, prospects
 from resolvers.auth import Actor, authenticate, bearer_token, login, require_user
@@ -115,13 +116,14 @@ async def login_endpoint(request: Request) -> Response:
     """POST /api/auth/login {email, password} -> {token, user}."""
     body = await _body(request)
     settings: Settings = request.app.state.settings
-    token, user = await login(
-        request.app.state.pool,
-        _text(body, "email", required=True) or "",
-        _text(body, "password", required=True) or "",
-        request.client.host if request.client else None,
-        settings.login_limits,
-    )
+    with metrics.counting_login_failures():
+        token, user = await login(
+            request.app.state.pool,
+            _text(body, "email", required=True) or "",
+            _text(body, "password", required=True) or "",
+            request.client.host if request.client else None,
+            settings.login_limits,
+        )
     public = {key: _jsonable(user[key]) for key in ("id", "email", "name", "role")}
     return JSONResponse({"token": token, "user": public})
 

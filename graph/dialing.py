@@ -7,6 +7,7 @@ from datetime import datetime
 import asyncpg
 import strawberry
 
+import metrics
 from graph.types import ActiveCall, GraphInfo, Prospect
 from resolvers import calls, dialing, prospects
 from resolvers.auth import SUPERVISORS
@@ -261,7 +262,9 @@ class DialingMutations:
     )
     async def next_lead(self, info: GraphInfo) -> NextLeadPayload:
         actor = await info.context.require_user()
-        result = await dialing.next_lead(info.context.pool, actor, info.context.held_back)
+        with metrics.counting_next_lead_errors():
+            result = await dialing.next_lead(info.context.pool, actor, info.context.held_back)
+        metrics.count_next_lead("nothing_callable" if result.call is None else "started")
         if result.call is None:
             return NextLeadPayload(
                 prospect=None,

@@ -30,6 +30,7 @@ from graph.prospects import AssignmentMutations, ProspectMutations, ProspectQuer
 from graph.reports import ReportQueries
 from graph.types import BIG_INT_SCALAR, BigInt
 from graph.users import SessionMutations, SessionQueries, UserMutations, UserQueries
+from metrics import OperationMetrics
 from settings import DEFAULT_MAX_ALIASES, DEFAULT_MAX_QUERY_DEPTH
 
 MAX_TOKENS = 5000
@@ -113,6 +114,7 @@ def create_schema(
         max_aliases_limiter.create_validator(max_aliases),
     ]
     extensions: list[Any] = [
+        OperationMetrics,
         # Refuses absurdly long documents before parsing them at all.
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: AddValidationRules(limits),

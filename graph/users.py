@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+import metrics
 from graph.types import CreateUserInput, GraphInfo, LoginPayload, User
 from resolvers import users
 from resolvers.auth import SUPERVISORS, login, logout
@@ -33,13 +34,14 @@ class SessionMutations:
     @strawberry.mutation(description="Exchange credentials for a bearer token.")
     async def login(self, info: GraphInfo, email: str, password: str) -> LoginPayload:
         client = info.context.request.client
-        token, record = await login(
-            info.context.pool,
-            email,
-            password,
-            client.host if client else None,
-            info.context.settings.login_limits,
-        )
+        with metrics.counting_login_failures():
+            token, record = await login(
+                info.context.pool,
+                email,
+                password,
+                client.host if client else None,
+                info.context.settings.login_limits,
+            )
         return LoginPayload(token=token, user=User.from_record(record))
 
     @strawberry.mutation(description="Revoke the token this request was made with.")

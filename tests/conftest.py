@@ -4,6 +4,7 @@ test, and a server on it. Helpers that tests import live in helpers.py."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import tempfile
@@ -17,10 +18,12 @@ import pytest
 from helpers import (
     IN_CI,
     Api,
+    PgBouncer,
     Team,
     add_user,
     browser_page,
     drop_database,
+    find_pgbouncer,
     missing_browser,
     running_server,
 )
@@ -47,6 +50,10 @@ def admin_url() -> Iterator[str]:
         return
     # Short path: the server's Unix socket lives in it (sun_path is ~100 bytes).
     directory = Path(tempfile.mkdtemp(prefix="cf-test-"))
+    # The server's own exit handler takes its start lock (in directory/run) once more, after
+    # the removal below: registered first, this removal runs after it (handlers run last in,
+    # first out), so the directory goes for good.
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     server = database.start_embedded_server(directory)
     try:
         yield server.get_uri()
@@ -148,3 +155,23 @@ async def page() -> AsyncIterator[Any]:
         pytest.skip(f"browser test: {missing}")
     async with browser_page() as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(admin_url: str) -> Iterator[PgBouncer]:
+    """Debian's PgBouncer in transaction mode in front of the test server, started once.
+
+    Skipped where it is not installed, except in CI (.ci/run installs it), where a test
+    that cannot run fails rather than passing unseen."""
+    binary = find_pgbouncer()
+    if binary is None:
+        message = "pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    bouncer = PgBouncer(binary, admin_url)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()

@@ -4,20 +4,24 @@ only, never from each other. Fixtures live in conftest.py, which builds on these
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -412,10 +416,11 @@ def free_port() -> int:
 
 def environment(data_dir: Path, **extra: str) -> dict[str, str]:
     """This process's environment without its database settings, plus the given ones."""
+    # Without XDG_RUNTIME_DIR, as under a service manager, in a container or in CI.
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "DB_", "TEST_DATABASE_URL"))
+        if not key.startswith(("DATABASE_URL", "DB_", "TEST_DATABASE_URL", "XDG_RUNTIME_DIR"))
     }
     env.update(DATA_DIR=str(data_dir), BCRYPT_ROUNDS="4", **extra)
     return env
@@ -438,8 +443,9 @@ def run(
 
 
 class Served:
-    """What a `serve` process printed and its exit status, filled in once it has stopped."""
+    """A `serve` process; what it printed and its exit status, once it has stopped."""
 
+    process: subprocess.Popen[str]
     output = ""
     status: int | None = None
 
@@ -460,6 +466,7 @@ def serving(
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     served = Served()
+    served.process = process
 
     def healthy() -> bool:
         if process.poll() is not None:
@@ -529,3 +536,189 @@ async def browser_page() -> AsyncIterator[Any]:
             yield await browser.new_page()
         finally:
             await browser.close()
+
+
+# ---------------------------------------------------------------------------------------
+# PgBouncer, Debian's package, in front of the test server.
+
+PGBOUNCER_POOL_SIZE = 3
+
+
+def find_pgbouncer() -> str | None:
+    """The pgbouncer binary (Debian installs it in /usr/sbin), or None."""
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
+
+
+class PgBouncer:
+    """A PgBouncer in transaction mode on a loopback port, in front of one PostgreSQL
+    server: every database of the server under its own name, PGBOUNCER_POOL_SIZE server
+    connections per database, clients trusted as the server's user."""
+
+    def __init__(self, binary: str, admin_url: str) -> None:
+        parts = urlsplit(admin_url)
+        socket_dir = parse_qs(parts.query).get("host", [None])[0]
+        self.host = socket_dir or parts.hostname or "127.0.0.1"
+        self.server_port = parts.port or 5432
+        self.user = unquote(parts.username or "postgres")
+        self.password = unquote(parts.password or "")
+        self.port = free_port()
+        self.binary = binary
+        self.directory = Path(tempfile.mkdtemp(prefix="cf-bouncer-"))
+        self.process: subprocess.Popen[str] | None = None
+
+    def url(self, database_url: str) -> str:
+        """database_url (a database of the same server) through PgBouncer."""
+        name = urlsplit(database_url).path
+        credentials = self.user + (":" + self.password if self.password else "")
+        return urlunsplit(("postgresql", f"{credentials}@127.0.0.1:{self.port}", name, "", ""))
+
+    def start(self) -> None:
+        """Write the configuration and start PgBouncer; return once it accepts connections."""
+        server = f"host={self.host} port={self.server_port} user={self.user}"
+        if self.password:
+            server += f" password={self.password}"
+        (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            f"""[databases]
+* = {server}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+pool_mode = transaction
+default_pool_size = {PGBOUNCER_POOL_SIZE}
+max_client_conn = 500
+auth_type = trust
+auth_file = {self.directory / "users.txt"}
+logfile = {self.directory / "pgbouncer.log"}
+pidfile = {self.directory / "pgbouncer.pid"}
+"""
+        )
+        command = [self.binary, "-q"]
+        if os.geteuid() == 0:
+            # PgBouncer refuses to run as root. It runs as whoever owns the server's socket
+            # directory (the embedded server's own user), so that it may open the socket.
+            owner = os.stat(self.host).st_uid if self.host.startswith("/") else None
+            user = pwd.getpwuid(owner).pw_name if owner else "nobody"
+            shutil.chown(self.directory, user)
+            for child in self.directory.iterdir():
+                shutil.chown(child, user)
+            command += ["-u", user]
+        self.process = subprocess.Popen(
+            [*command, str(self.directory / "pgbouncer.ini")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def accepting() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                log = self.directory / "pgbouncer.log"
+                pytest.fail(
+                    "pgbouncer exited: "
+                    + self.process.communicate()[0]
+                    + (log.read_text() if log.exists() else "")
+                )
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until_blocking(accepting, 20, "pgbouncer did not start")
+
+    def stop(self) -> None:
+        """Stop PgBouncer and remove its files."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+            self.process.communicate(timeout=10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Prometheus scrapes.
+
+
+@dataclass
+class Scrape:
+    """One /metrics answer, parsed by prometheus_client's own parser."""
+
+    samples: list[Any]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples called name whose labels include these."""
+        return sum(
+            sample.value
+            for sample in self.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def series(self, name: str) -> list[Any]:
+        """Every sample called name."""
+        return [sample for sample in self.samples if sample.name == name]
+
+
+def parse_scrape(text: str) -> Scrape:
+    """A scrape's text format, parsed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return Scrape([s for f in text_string_to_metric_families(text) for s in f.samples])
+
+
+# ---------------------------------------------------------------------------------------
+# A TCP proxy between a server and PostgreSQL, to cut.
+
+
+class Proxy:
+    """A loopback TCP proxy to PostgreSQL that can be cut or silenced."""
+
+    def __init__(self, database_url: str) -> None:
+        parts = urlsplit(database_url)
+        socket_dir = parse_qs(parts.query).get("host", [None])[0]
+        self.port = 0
+        self.unix_path = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir else None
+        self.tcp_target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.database_url = database_url
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    @property
+    def url(self) -> str:
+        """The database URL through the proxy."""
+        parts = urlsplit(self.database_url)
+        credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{self.port}", query=""))
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.unix_path:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self.tcp_target)
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+        self.writers -= {writer, up_writer}
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()  # a network gone quiet: bytes go nowhere
+                writer.write(data)
+                await writer.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()

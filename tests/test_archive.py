@@ -200,8 +200,8 @@ async def test_archive_moves_exactly_the_old_ended_rows(
 
     # Once ended, it is old enough to move; the call that never ended stays.
     again = await asyncio.to_thread(run_archive, database_url, tmp_path)
-    assert "to move: 1 call logs, 0 status changes" in again.stdout
-    assert "left in place: 1 old calls still in progress" in again.stdout
+    assert "to move: 1 call log, 0 status changes" in again.stdout
+    assert "left in place: 1 old call still in progress" in again.stdout
     assert await ids(pool, "call_logs_archive") == {*history.old_calls, history.active_call_log}
     assert await pool.fetchval("SELECT count(*) FROM active_calls") == 0
 

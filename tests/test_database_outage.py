@@ -6,16 +6,15 @@ the network (resetting every connection and refusing new ones) or make it go sil
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from helpers import (
     Api,
+    Proxy,
     add_prospect,
     add_user,
     next_phone,
@@ -26,62 +25,6 @@ from helpers import (
 )
 
 from settings import Settings
-
-
-class Proxy:
-    """A loopback TCP proxy to PostgreSQL that can be cut or silenced."""
-
-    def __init__(self, database_url: str) -> None:
-        parts = urlsplit(database_url)
-        socket_dir = parse_qs(parts.query).get("host", [None])[0]
-        self.port = 0
-        self.unix_path = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir else None
-        self.tcp_target = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self.database_url = database_url
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-
-    @property
-    def url(self) -> str:
-        """The database URL through the proxy."""
-        parts = urlsplit(self.database_url)
-        credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        return urlunsplit(parts._replace(netloc=f"{credentials}127.0.0.1:{self.port}", query=""))
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Refuse new connections and reset the open ones."""
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.writers):
-            writer.transport.abort()
-        await self.server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.unix_path:
-            up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
-        else:
-            up_reader, up_writer = await asyncio.open_connection(*self.tcp_target)
-        self.writers |= {writer, up_writer}
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
-        self.writers -= {writer, up_writer}
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                await self.flowing.wait()  # a network gone quiet: bytes go nowhere
-                writer.write(data)
-                await writer.drain()
-        finally:
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
 
 
 @pytest.fixture

@@ -441,6 +441,29 @@ async def test_rolling_cap_per_number(api: Api, team: Team, pool: asyncpg.Pool) 
     await assert_in_call(pool, third, prospect["id"], team.agent["id"])
 
 
+async def test_refusals_count_in_words_that_agree(api: Api, team: Team, pool: asyncpg.Pool) -> None:
+    """'called 1 time', not '1 times': caps of one and of two, in the reasons agents read."""
+    prospect = await add_prospect(api, team.manager["token"], next_phone())
+    for _ in range(2):
+        call = await start(api, team.agent["token"], prospect["id"])
+        await end(api, team.agent["token"], prospect["id"], call["callLogId"], "Busy")
+        await pool.execute("UPDATE call_logs SET started_at = started_at - interval '10 minutes'")
+        await pool.execute("UPDATE prospects SET last_call = last_call - interval '10 minutes'")
+    for cap, ending in ((1, ""), (2, "s")):
+        await pool.execute(
+            "UPDATE dialing_rules SET max_attempts_per_day = $1, max_attempts_total = $1,"
+            " max_attempts_per_number_24h = $1",
+            cap,
+        )
+        result = await explain(api, team.agent["token"], prospect["id"])
+        reasons = {r["reason"] for r in result["rules"] if r["blocking"]}
+        assert reasons >= {
+            f"Prospect reached {cap} attempt{ending} in total",
+            f"Prospect reached {cap} attempt{ending} today",
+            f"The number was called {cap} time{ending} in 24 hours",
+        }, reasons
+
+
 async def test_final_and_recycled_prospects_leave_the_queue_but_not_manual_dial(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:

@@ -380,7 +380,9 @@ def test_import_dnc_command(data_dir: Path, database_url: str, tmp_path: Path) -
         data_dir, "import-dnc", str(listing), *options, "--dry-run", DATABASE_URL=database_url
     )
     assert dry.returncode == 1, dry.stderr  # one row is rejected
-    assert "dry run: nothing was written" in dry.stdout
+    assert "dry run: rolled back, nothing was written" in dry.stdout
+    assert "rolling back (dry run)" in dry.stderr
+    assert "committing" not in dry.stderr + dry.stdout
     assert "a plain list of numbers" in dry.stdout
 
     done = run(

@@ -622,7 +622,9 @@ def test_import_csv_command(data_dir: Path, database_url: str, tmp_path: Path) -
     errors_file = tmp_path / "errors.csv"
     dry = run(data_dir, "import-csv", sample, "--dry-run", DATABASE_URL=database_url)
     assert dry.returncode == 1, dry.stderr  # one row is rejected
-    assert "dry run: nothing was written" in dry.stdout
+    assert "dry run: rolled back, nothing was written" in dry.stdout
+    assert "rolling back (dry run)" in dry.stderr
+    assert "committing" not in dry.stderr + dry.stdout
     assert "inserted:" in dry.stdout
 
     done = run(
@@ -668,7 +670,7 @@ def test_import_mock_command(data_dir: Path, database_url: str, tmp_path: Path) 
     dry = run(data_dir, "import-mock", sample, "--dry-run", DATABASE_URL=database_url)
     assert dry.returncode == 0, dry.stderr
     assert "users: 3 created" in dry.stdout
-    assert "nothing was written" in dry.stdout
+    assert "dry run: rolled back, nothing was written" in dry.stdout
 
     first = run(data_dir, "import-mock", sample, DATABASE_URL=database_url)
     assert first.returncode == 0, first.stderr

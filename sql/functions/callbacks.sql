@@ -29,7 +29,8 @@ BEGIN
     END IF;
     IF p_at > now() + callback_max_ahead() THEN
         PERFORM raise_domain_error('BAD_USER_INPUT',
-            'at must be within ' || extract(day FROM callback_max_ahead()) || ' days',
+            'at must be within '
+                || describe_count(extract(day FROM callback_max_ahead())::bigint, 'day'),
             jsonb_build_object('field', 'at'));
     END IF;
     SELECT prospect_time_zones(p.queue_zones) INTO v_zones

@@ -151,12 +151,13 @@ BEGIN
         (4, 'OUTSIDE_CALLING_HOURS', NOT v_window.is_open, false, v_window.next_open,
          'Outside calling hours in ' || array_to_string(v_zones, ', ')),
         (5, 'MAX_ATTEMPTS_REACHED', v_caps.total_reached, false, NULL,
-         'Prospect reached ' || v_caps.max_total || ' attempts in total'),
+         'Prospect reached ' || describe_count(v_caps.max_total, 'attempt') || ' in total'),
         (6, 'MAX_ATTEMPTS_REACHED', v_caps.day_reached, false, v_caps.day_ends,
-         'Prospect reached ' || v_caps.max_per_day || ' attempts today'),
+         'Prospect reached ' || describe_count(v_caps.max_per_day, 'attempt') || ' today'),
         (7, 'MAX_ATTEMPTS_REACHED', v_number_calls >= v_rules.max_attempts_per_number_24h, false,
          v_number_oldest + interval '24 hours',
-         'The number was called ' || v_rules.max_attempts_per_number_24h || ' times in 24 hours'),
+         'The number was called '
+             || describe_count(v_rules.max_attempts_per_number_24h, 'time') || ' in 24 hours'),
         (8, 'ASSIGNED_TO_OTHER_AGENT',
          v_assigned.agent_id IS NOT NULL AND v_assigned.agent_id <> p_caller_id
              AND NOT v_supervisor,

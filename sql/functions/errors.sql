@@ -11,14 +11,17 @@ BEGIN
 END
 $$;
 
+-- A count and its noun for messages, agreeing: '1 time', '3 times'. p_noun is singular;
+-- the plural adds an s.
+CREATE OR REPLACE FUNCTION describe_count(p_count bigint, p_noun text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_count || ' ' || p_noun || CASE WHEN p_count = 1 THEN '' ELSE 's' END
+$$;
+
 -- An interval in words for messages: '5 minutes', '1 second'.
 CREATE OR REPLACE FUNCTION describe_interval(p_interval interval) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE
-        WHEN s % 60 = 0 AND s / 60 = 1 THEN '1 minute'
-        WHEN s % 60 = 0 THEN (s / 60) || ' minutes'
-        WHEN s = 1 THEN '1 second'
-        ELSE s || ' seconds'
-    END
+    SELECT CASE WHEN s % 60 = 0 THEN describe_count(s / 60, 'minute')
+                ELSE describe_count(s, 'second') END
     FROM (SELECT extract(epoch FROM p_interval)::bigint AS s) t
 $$;

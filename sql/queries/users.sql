@@ -18,6 +18,10 @@ SELECT id, email, name, role, active, created_at FROM users ORDER BY created_at,
 INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, $4)
 RETURNING id, email, name, role, active, created_at;
 
+-- name: existing_emails
+-- Which of these emails already belong to a user, lower-cased. $1 lower-cased emails.
+SELECT lower(email) AS email FROM users WHERE lower(email) = ANY($1::text[]);
+
 -- name: insert_session
 -- A new bearer token (its hash). $1 token hash, $2 user id, $3 lifetime in seconds.
 INSERT INTO sessions (token_hash, user_id, expires_at)
