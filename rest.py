@@ -19,6 +19,7 @@ from resolvers import calls, prospects
 from resolvers.auth import Actor, LoginLimits, authenticate, bearer_token, login, require_user
 from resolvers.calls import CallOutcome
 from resolvers.errors import BadUserInput, CallRuleRefusal, DomainError, parse_id
+from resolvers.inputs import check_json_text
 from settings import Settings
 
 log = logging.getLogger("callfloor.rest")
@@ -83,6 +84,8 @@ async def _body(request: Request) -> dict[str, Any]:
         raise BadUserInput("Body must be JSON") from None
     if not isinstance(body, dict):
         raise BadUserInput("Body must be a JSON object")
+    # Once for the whole body: no NUL or unpaired surrogate reaches bcrypt or the database.
+    check_json_text(body, "body")
     return body
 
 

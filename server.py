@@ -146,7 +146,12 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             await pool.close()
 
-    schema = create_schema(max_depth=settings.max_query_depth, max_aliases=settings.max_aliases)
+    schema = create_schema(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_aliases,
+        max_bytes=settings.max_query_bytes,
+        max_fields=settings.max_query_fields,
+    )
     graphql = GraphQLApp(
         schema,
         graphql_ide="graphiql" if settings.graphiql else None,

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import StreamExecutionResult
 
 from resolvers.errors import DomainError
 
@@ -58,7 +59,8 @@ def classify(error: GraphQLError) -> tuple[str, str | None, dict[str, Any]]:
 
 def is_expected(error: GraphQLError) -> bool:
     """Whether an error is the client's business rather than a bug to log."""
-    return classify(error)[0] != "INTERNAL_SERVER_ERROR"
+    code = (error.extensions or {}).get("code") or classify(error)[0]
+    return bool(code != "INTERNAL_SERVER_ERROR")
 
 
 def present_error(error: GraphQLError) -> GraphQLError:
@@ -85,6 +87,14 @@ class ErrorCodes(SchemaExtension):
         result = self.execution_context.result
         if result is not None and result.errors:
             result.errors = [present_error(error) for error in result.errors]
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        """The same for what a WebSocket streams: queries and mutations sent over it, and
+        subscription events, whose results never reach on_operation."""
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = [present_error(error) for error in errors]  # type: ignore[union-attr]
+        yield
 
 
 def log_errors(errors: list[GraphQLError]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import os
 import signal
 import socket
@@ -130,10 +131,11 @@ class Api:
         self, query: str, variables: dict[str, Any] | None = None, token: str | None = None
     ) -> dict[str, Any]:
         """POST /graphql; returns the whole response body."""
-        headers = bearer(token) if token else {}
-        response = await self.client.post(
-            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
-        )
+        headers = {"content-type": "application/json", **(bearer(token) if token else {})}
+        # json.dumps escapes what is not ASCII, so a test may send any str, an unpaired
+        # surrogate included (httpx's own encoder would refuse to encode one).
+        body = json.dumps({"query": query, "variables": variables or {}})
+        response = await self.client.post("/graphql", content=body, headers=headers)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
