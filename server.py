@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -30,6 +31,7 @@ import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.schema import create_schema
+from request_size import RequestSizeLimit
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.dialing import HeldBackCache
@@ -168,6 +170,7 @@ def create_app(
         return FileResponse(WALLBOARD_PAGE, media_type="text/html")
 
     app = Starlette(
+        middleware=[Middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)],
         routes=[
             Route("/", home),
             *rest.routes,

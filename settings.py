@@ -31,6 +31,8 @@ DEFAULT_MAX_QUERY_BYTES = 64 * 1024
 # validation compares them pairwise (1,000 repeated selections took 1.5 s), 150 stay
 # within a few tens of milliseconds; the introspection query GraphiQL sends has about 80.
 DEFAULT_MAX_QUERY_FIELDS = 150
+# Every request body, GraphQL and REST: anything longer is refused with 413 unread.
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 
 
 def _int(name: str, default: int) -> int:
@@ -75,6 +77,7 @@ class Settings:
     max_aliases: int = DEFAULT_MAX_ALIASES
     max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
     max_query_fields: int = DEFAULT_MAX_QUERY_FIELDS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     login_max_failures: int = 5
     login_failure_window_seconds: int = 900
     pool_min_size: int = 2
@@ -112,6 +115,7 @@ class Settings:
             max_aliases=_int("MAX_ALIASES", DEFAULT_MAX_ALIASES),
             max_query_bytes=_int("MAX_QUERY_BYTES", DEFAULT_MAX_QUERY_BYTES),
             max_query_fields=_int("MAX_QUERY_FIELDS", DEFAULT_MAX_QUERY_FIELDS),
+            max_request_bytes=_int("MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             login_max_failures=_int("LOGIN_MAX_FAILURES", 5),
             login_failure_window_seconds=_int("LOGIN_FAILURE_WINDOW_SECONDS", 900),
             pool_min_size=_int("DB_POOL_MIN_SIZE", 2),

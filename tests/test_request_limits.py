@@ -1,20 +1,24 @@
-"""No request costs much before it is refused: documents over MAX_QUERY_BYTES are never
-parsed, and documents with more than MAX_QUERY_FIELDS selections are never validated
-(validation compares them pairwise)."""
+"""No request costs much before it is refused: bodies over MAX_REQUEST_BYTES are answered
+413 unread, documents over MAX_QUERY_BYTES are never parsed, and documents with more than
+MAX_QUERY_FIELDS selections are never validated (validation compares them pairwise)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
-from helpers import Api, Team, table_rows
+from helpers import Api, Team, add_prospect, bearer, running_server, table_rows
 
 from graph import documents
 from settings import Settings
 
 TABLES = ("users", "sessions", "login_failures", "prospects", "call_logs", "active_calls")
+TWELVE_MB = 12 * 1024 * 1024
 
 
 def only_error(body: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +67,91 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     monkeypatch.setattr(documents._FieldCountingParser, "parse_document", calls.counting(parse))
     yield calls
     documents.parse_document.cache_clear()
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of one HTTP/1.1 response (with a Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    length = int({key.lower(): value for key, value in headers.items()}["content-length"])
+    return status, json.loads(await reader.readexactly(length))
+
+
+async def send_partly(api: Api, path: str, head: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """Send a request head and only part of its body, and read the answer: one that comes
+    proves the server refused the body without reading it whole (the rest never comes)."""
+    host, port = api.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + body)
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_body_over_the_cap_is_refused_413_without_being_read(
+    api: Api, team: Team, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """A 12 MB variable from an anonymous client used to be read and parsed whole."""
+    prospect = await add_prospect(api, team.agent["token"])
+    before = await table_rows(pool, TABLES)
+    cap = settings.max_request_bytes
+    huge = b'{"query": "{ viewer { id } }", "variables": {"x": "' + b"x" * TWELVE_MB + b'"}}'
+    paths = {
+        "/graphql": {},
+        "/api/auth/login": {},
+        f"/api/prospects/{prospect['id']}/start-call": bearer(team.agent["token"]),
+    }
+    for path, headers in paths.items():
+        response = await api.client.post(
+            path, content=huge, headers={"content-type": "application/json", **headers}
+        )
+        assert response.status_code == 413, (path, response.text)
+        body = response.json()
+        code = body["errors"][0]["extensions"]["code"] if path == "/graphql" else body["code"]
+        assert code == "REQUEST_TOO_LARGE"
+
+        # Declared too long: refused before a byte of the body is read.
+        status, body = await send_partly(
+            api,
+            path,
+            f"Content-Type: application/json\r\nContent-Length: {TWELVE_MB}\r\n",
+            b'{"query": "',
+        )
+        assert status == 413, (path, body)
+        # Chunked, so of unknown length: refused once past the cap, the rest never sent.
+        chunk = b"x" * 65536
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(cap // 65536 + 2))
+        status, body = await send_partly(
+            api, path, "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n", chunks
+        )
+        assert status == 413, (path, body)
+    assert await table_rows(pool, TABLES) == before
+    # The server is fine afterwards.
+    assert (await api.data("{ viewer { id } }", token=team.agent["token"]))["viewer"]
+
+
+async def test_a_body_at_the_cap_is_served(settings: Settings, pool: asyncpg.Pool) -> None:
+    async with running_server(replace(settings, max_request_bytes=4096)) as api:
+        query = "{ dispositions { name } }"
+        envelope = json.dumps({"query": query, "variables": {"pad": ""}})
+        padding = "x" * (4096 - len(envelope))
+        at_cap = json.dumps({"query": query, "variables": {"pad": padding}}).encode()
+        assert len(at_cap) == 4096
+        headers = {"content-type": "application/json"}
+        over = await api.client.post("/graphql", content=at_cap + b" ", headers=headers)
+        assert over.status_code == 413, over.text
+        # Anonymous, so refused, but by GraphQL: the body got through whole.
+        served = await api.client.post("/graphql", content=at_cap, headers=headers)
+        assert served.status_code == 200, served.text
+        assert only_error(served.json())["extensions"]["code"] == "UNAUTHENTICATED"
+    assert await pool.fetchval("SELECT count(*) FROM sessions") == 0
 
 
 # -- documents -----------------------------------------------------------------------------
