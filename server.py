@@ -31,6 +31,7 @@ import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.schema import create_schema
+from graph.subscriptions import TransportWSHandler
 from request_size import RequestSizeLimit
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
@@ -45,6 +46,8 @@ WALLBOARD_PAGE = Path(__file__).resolve().parent / "wallboard.html"
 
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context: pool, settings, actor, loaders and hub."""
+
+    graphql_transport_ws_handler_class = TransportWSHandler
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         pool: asyncpg.Pool = request.app.state.pool
