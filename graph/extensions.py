@@ -19,9 +19,13 @@ INTERNAL_MESSAGE = "Internal server error"
 UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly"
 
 # Losing the database is expected from time to time: the client hears so, with a code.
+# InternalClientError is how asyncpg reports a connection whose server went away mid-use
+# ("cannot switch to state 12; another operation is in progress" on a restart): the pool
+# drops that connection, and the same request succeeds once retried.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     TimeoutError,
 )
 

@@ -13,19 +13,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import Api, Team, add_user, drop_database, running_server
+from helpers import (
+    OPEN_ALL_HOURS_WITHOUT_CAPS,
+    Api,
+    Team,
+    add_user,
+    drop_database,
+    running_server,
+)
 
 from settings import Settings
 from sql import database
 from sql.migrator import migrate
-
-# Tests about other things must not depend on the hour CI runs at or trip attempt caps;
-# tests of the dialing rules set the rules they test (see test_dialing_rules.py).
-OPEN_ALL_HOURS_WITHOUT_CAPS = """
-UPDATE calling_hours SET opens_at = '00:00', closes_at = '24:00';
-UPDATE dialing_rules SET max_attempts_total = 1000000, max_attempts_per_day = 1000000,
-                         max_attempts_per_number_24h = 1000000;
-"""
 
 
 @pytest.fixture(scope="session")
