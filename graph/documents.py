@@ -149,9 +149,14 @@ def validate_document(
 
 
 def request_problem(
-    query: str, operation_name: str | None, limits: DocumentLimits
+    query: object, variables: object, operation_name: object, limits: DocumentLimits
 ) -> GraphQLError | None:
     """Why a request is refused before its document is even parsed, or None."""
+    # HTTP requests are checked for these by Strawberry; WebSocket messages are not.
+    if not isinstance(query, str):
+        return refused("query must be a string", "BAD_USER_INPUT", "query")
+    if not isinstance(variables, dict | None):
+        return refused("variables must be an object", "BAD_USER_INPUT", "variables")
     if operation_name is not None:
         if not isinstance(operation_name, str):
             return refused("operationName must be a string", "BAD_USER_INPUT", "operationName")
@@ -206,7 +211,9 @@ class DocumentChecks(SchemaExtension):
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         query = context.query or ""
-        self.refusal = request_problem(query, context.operation_name, self.limits)
+        self.refusal = request_problem(
+            query, context.variables, context.operation_name, self.limits
+        )
         if self.refusal is None:
             try:
                 parsed = parse_document(query, self.limits)

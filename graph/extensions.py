@@ -8,7 +8,9 @@ from typing import Any
 
 import asyncpg
 from graphql import GraphQLError
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.execution import StreamExecutionResult
 
 from resolvers.errors import DomainError
@@ -35,6 +37,12 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
 
 
+# Strawberry's refusals of a request it cannot run: no query, no operation of that name, an
+# operation type the transport does not take. HTTP answers them 400 itself; over a
+# WebSocket they arrive here as errors of the operation.
+_UNRUNNABLE_REQUESTS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+
+
 def is_database_unavailable(error: BaseException) -> bool:
     """Whether an error means the database cannot be reached right now."""
     if isinstance(error, asyncpg.PostgresError):
@@ -54,6 +62,8 @@ def classify(error: GraphQLError) -> tuple[str, str | None, dict[str, Any]]:
         return "GRAPHQL_VALIDATION_FAILED", None, {}
     if isinstance(original, DomainError):
         return original.code, None, original.extensions
+    if isinstance(original, _UNRUNNABLE_REQUESTS):
+        return "BAD_USER_INPUT", None, {}
     if isinstance(original, GraphQLError):
         return classify(original)
     if is_database_unavailable(original):

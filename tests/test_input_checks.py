@@ -424,6 +424,19 @@ async def test_websocket_operations_are_checked_and_coded_too(
             {"code": "BAD_USER_INPUT", "field": "password"},
         ),
         ({"query": "{ viewer { "}, {"code": "GRAPHQL_PARSE_FAILED"}),
+        # HTTP checks the shape of a request before GraphQL sees it; a WebSocket did not:
+        # each of these was INTERNAL_SERVER_ERROR or a crash of the operation.
+        ({"query": None}, {"code": "BAD_USER_INPUT"}),
+        ({"query": 5}, {"code": "BAD_USER_INPUT", "field": "query"}),
+        (
+            {"query": "{ viewer { id } }", "variables": "x"},
+            {"code": "BAD_USER_INPUT", "field": "variables"},
+        ),
+        (
+            {"query": "{ viewer { id } }", "operationName": 5},
+            {"code": "BAD_USER_INPUT", "field": "operationName"},
+        ),
+        ({"query": "query A { viewer { id } }", "operationName": "B"}, {"code": "BAD_USER_INPUT"}),
         ({"query": "{ nope }"}, {"code": "GRAPHQL_VALIDATION_FAILED"}),
         ({"query": "{" + " viewer { id }" * 200 + "}"}, {"code": "GRAPHQL_VALIDATION_FAILED"}),
         (
