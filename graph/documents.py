@@ -31,7 +31,7 @@ from graphql import (
     visit,
 )
 from graphql.language.parser import Parser, nested_too_deeply_error
-from graphql.language.visitor import SKIP, VisitorAction
+from graphql.language.visitor import BREAK, SKIP, VisitorAction
 from strawberry.extensions import SchemaExtension
 
 from resolvers.inputs import field_of, strings_in, text_problem
@@ -96,15 +96,37 @@ class _LiteralText(Visitor):
         problem = text_problem(node.value)
         if problem is None:
             return
-        name = "value"
-        for ancestor in reversed([*ancestors, parent]):
-            if isinstance(ancestor, ArgumentNode | ObjectFieldNode):
-                name = ancestor.name.value
-                break
-            if isinstance(ancestor, VariableDefinitionNode):  # a default value
-                name = ancestor.variable.name.value
-                break
+        name = _given_to([*ancestors, parent]) or "value"
         raise refused(f"{name} {problem}", "BAD_USER_INPUT", name, node)
+
+
+def _given_to(ancestors: list[Any]) -> str | None:
+    """The argument or input field (or, for a default value, the variable) that the
+    innermost of these ancestors of a value gives it to."""
+    for ancestor in reversed(ancestors):
+        if isinstance(ancestor, ArgumentNode | ObjectFieldNode):
+            return str(ancestor.name.value)
+        if isinstance(ancestor, VariableDefinitionNode):
+            return str(ancestor.variable.name.value)
+    return None
+
+
+def input_field_of(document: DocumentNode, node: Node) -> str | None:
+    """The argument or input field a value of the document is given to, to name it in an
+    error: node is a literal, or the definition of a variable."""
+    if isinstance(node, VariableDefinitionNode):
+        return _variable_fields(document).get(node.variable.name.value)
+    found: list[str | None] = []
+
+    class Finder(Visitor):
+        def enter(self, visited: Node, _key: Any, parent: Any, _path: Any, ancestors: Any) -> Any:
+            if visited is node:
+                found.append(_given_to([*ancestors, parent]))
+                return BREAK
+            return None
+
+    visit(document, Finder())
+    return found[0] if found else None
 
 
 def _variable_fields(document: DocumentNode) -> dict[str, str]:

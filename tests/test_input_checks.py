@@ -205,7 +205,11 @@ async def test_date_times_beyond_the_database_are_bad_input_and_write_nothing(
                 values = needed if literal is not None else {**needed, "v": bad}
                 error = only_error(await api.graphql(query, values, tokens[case.role]))
                 where = (case.field, case.argument, bad, literal is not None)
-                assert error["extensions"]["code"] == "BAD_USER_INPUT", (where, error)
+                # Named by the argument, as a variable or as a literal.
+                assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": case.argument}, (
+                    where,
+                    error,
+                )
                 assert "0002-01-01T00:00:00Z and 9998-12-31T23:59:59Z" in error["message"], where
     assert await table_rows(pool, TABLES) == before
     no_crash_logged(caplog)
@@ -445,7 +449,7 @@ async def test_websocket_operations_are_checked_and_coded_too(
                 "{ callable } }",
                 "variables": {"v": "9999-12-31T23:59:59Z"},
             },
-            {"code": "BAD_USER_INPUT"},
+            {"code": "BAD_USER_INPUT", "field": "at"},
         ),
     ]
     async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
