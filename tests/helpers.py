@@ -197,6 +197,9 @@ async def running_server(
         lifespan="on",
         ws_ping_interval=settings.ws_ping_seconds,
         ws_ping_timeout=settings.ws_ping_seconds,
+        # Past uvicorn's 5 s, a loaded machine leaves pooled connections idle about as long
+        # as the server keeps them: httpx then reuses one the server is closing (ReadError).
+        timeout_keep_alive=60,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
