@@ -20,6 +20,9 @@ from sql.queries import QUERIES
 
 MAX_PAGE_SIZE = 100
 MAX_SEARCH_LENGTH = 200
+# How many prospects a filtered page reads in list order before an index finds the rest
+# (prospects_page() in sql/functions/prospects.sql; the figures behind it: docs/search.md).
+FILTER_WALK_BUDGET = 2000
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,7 @@ async def list_prospects(
     if search is not None and len(search) > MAX_SEARCH_LENGTH:
         raise BadUserInput("search is too long", field="search")
     cursor_at, cursor_id = decode_cursor(after) if after else (None, None)
-    # Escape LIKE wildcards so a search for "50%" means the text "50%".
-    pattern = (
-        search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
-    )
+    pattern = like_pattern(search) if search else None
     # A filter or cursor the database cannot take (a NUL byte, a date out of range) is bad input.
     with database_errors():
         rows = await pool.fetch(
@@ -95,8 +95,15 @@ async def list_prospects(
             cursor_id,
             first + 1,
             phone_digits(search) if search else None,
+            FILTER_WALK_BUDGET,
         )
     return list(rows[:first]), len(rows) > first
+
+
+def like_pattern(search: str) -> str:
+    """The search text as a LIKE pattern that matches it literally: its wildcards escaped,
+    so a search for "50%" means the text "50%"."""
+    return search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _clean_text(value: str | None) -> str | None:
