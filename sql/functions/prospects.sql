@@ -125,7 +125,7 @@ DECLARE
     -- The statements run through EXECUTE, so each is planned for the values at hand (a
     -- status or none, a cursor or none), never from a generic plan. $1 status, $2 pattern,
     -- $3 digits, $4 agent, $5 and $6 the cursor (or the last prospect walked), $7 rows,
-    -- $8 walk budget (NULL: none).
+    -- $8 walk budget.
     c_walk CONSTANT text := $sql$
         SELECT w.* FROM (
             SELECT p.* FROM prospects p
@@ -143,6 +143,19 @@ DECLARE
                 WHERE la.prospect_id = w.id AND la.agent_id = $4
                   AND assignment_is_live(la, now())))
         ORDER BY w.created_at DESC, w.id DESC
+        LIMIT $7 $sql$;
+    -- The same without a budget: the planner, told the page size, walks the list order
+    -- (a subquery with LIMIT NULL would be planned for the whole list, and sorted).
+    c_list CONSTANT text := $sql$
+        SELECT p.* FROM prospects p
+        WHERE ($1::text IS NULL OR p.status = $1)
+          AND ($5::timestamptz IS NULL OR (p.created_at, p.id) < ($5, $6::uuid))
+          AND ($2::text IS NULL
+               OR p.name ILIKE '%' || $2 || '%'
+               OR p.email ILIKE '%' || $2 || '%'
+               OR p.company ILIKE '%' || $2 || '%'
+               OR ($3::text IS NOT NULL AND p.phone LIKE '%' || $3 || '%'))
+        ORDER BY p.created_at DESC, p.id DESC
         LIMIT $7 $sql$;
     -- The last prospect a walk of $8 prospects reads.
     c_walk_edge CONSTANT text := $sql$
@@ -208,8 +221,8 @@ BEGIN
     IF p_agent IS NULL AND NOT v_indexed THEN
         -- A status alone (every prospect walked is on the page), no filter at all, or a
         -- term no index finds.
-        RETURN QUERY EXECUTE c_walk USING p_status, p_pattern, p_digits, p_agent,
-            p_after_at, p_after_id, p_limit, NULL::int;
+        RETURN QUERY EXECUTE c_list USING p_status, p_pattern, p_digits, p_agent,
+            p_after_at, p_after_id, p_limit;
         RETURN;
     END IF;
     LOOP
