@@ -99,14 +99,15 @@ LEFT JOIN lead_assignments la ON la.prospect_id = p.id AND assignment_is_live(la
 -- name, email or company contains p_pattern (a LIKE pattern, its wildcards escaped) or
 -- whose phone contains p_digits, and that p_agent holds by a live assignment, each filter
 -- when given. The rows are those of one query with all of that in its WHERE clause and
--- ORDER BY created_at DESC, id DESC LIMIT p_limit (prospects_page_reference in the tests);
--- only the way to them is chosen here, because no one plan is fast for every filter
--- (docs/search.md):
+-- ORDER BY created_at DESC, id DESC LIMIT p_limit (REFERENCE in
+-- tests/test_search_and_filters.py); only the way to them is chosen here, because no one
+-- plan is fast for every filter (docs/search.md):
 --
 -- * An agent with fewer than p_walk active assignments: from those assignments, sorted.
 -- * Otherwise walk the list order (the status index when a status is given, else the
 --   newest-first index), testing each prospect, for at most p_walk prospects: a term or
---   agent common among recent prospects fills the page in a few hundred.
+--   agent common among recent prospects fills the page there. If that walk found at least
+--   half the page, walk another p_walk.
 -- * If the page is not full and the walk stopped at its budget, the rest comes from the
 --   prospects older than the last one walked, found the other way round and sorted: by
 --   prospects_search_idx (trigrams) for a term with three letters or digits in a row, else
