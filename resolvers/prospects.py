@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from sql.queries import QUERIES
 
 MAX_PAGE_SIZE = 100
 MAX_SEARCH_LENGTH = 200
+# How many prospects a filtered page of 20 reads in list order before an index finds the
+# rest (prospects_page() in sql/functions/prospects.sql; the figures behind it:
+# docs/search.md). Larger pages walk further: see walk_budget().
+FILTER_WALK_BUDGET = 2000
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,7 @@ async def list_prospects(
     if search is not None and len(search) > MAX_SEARCH_LENGTH:
         raise BadUserInput("search is too long", field="search")
     cursor_at, cursor_id = decode_cursor(after) if after else (None, None)
-    # Escape LIKE wildcards so a search for "50%" means the text "50%".
-    pattern = (
-        search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
-    )
+    pattern = like_pattern(search) if search else None
     # A filter or cursor the database cannot take (a NUL byte, a date out of range) is bad input.
     with database_errors():
         rows = await pool.fetch(
@@ -95,8 +97,25 @@ async def list_prospects(
             cursor_id,
             first + 1,
             phone_digits(search) if search else None,
+            walk_budget(first),
         )
     return list(rows[:first]), len(rows) > first
+
+
+def walk_budget(first: int) -> int:
+    """How many prospects a page of `first` walks before an index finds the rest.
+
+    Walking costs about (rows wanted) / (density of matches); the index costs about the
+    number of matches, (density) x (prospects). The two meet where the walk has read
+    sqrt(rows wanted x prospects), so the budget grows with the square root of the page.
+    """
+    return round(FILTER_WALK_BUDGET * math.sqrt(max(first, 20) / 20))
+
+
+def like_pattern(search: str) -> str:
+    """The search text as a LIKE pattern that matches it literally: its wildcards escaped,
+    so a search for "50%" means the text "50%"."""
+    return search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _clean_text(value: str | None) -> str | None:

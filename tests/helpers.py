@@ -257,6 +257,53 @@ async def running_server(
 
 
 # ---------------------------------------------------------------------------------------
+# Plans: what PostgreSQL runs, nested statements included.
+
+
+@asynccontextmanager
+async def traced_connection(
+    database_url: str, arrange: str = ""
+) -> AsyncIterator[tuple[asyncpg.Connection, list[str]]]:
+    """A connection whose every statement, those run inside functions included, logs its
+    plan to us through auto_explain (read them with read_plans), after running `arrange`
+    untraced; skips where auto_explain is missing."""
+    connection = await asyncpg.connect(database_url)
+    plans: list[str] = []
+    try:
+        if arrange:
+            await connection.execute(arrange)
+        try:
+            await connection.execute("LOAD 'auto_explain'")
+        except asyncpg.PostgresError as error:
+            pytest.skip(f"auto_explain cannot be loaded on this server: {error}")
+        await connection.execute(
+            """
+            SET auto_explain.log_min_duration = 0;
+            SET auto_explain.log_nested_statements = on;
+            SET auto_explain.log_verbose = on;
+            SET auto_explain.log_format = json;
+            SET client_min_messages = log;
+            """
+        )
+        connection.add_log_listener(lambda _c, message: plans.append(str(message.message)))
+        yield connection, plans
+    finally:
+        await connection.close()
+
+
+def read_plans(messages: list[str]) -> list[dict[str, Any]]:
+    """The plan trees auto_explain logged (JSON after "plan:")."""
+    return [json.loads(m.split("plan:", 1)[1])["Plan"] for m in messages if "plan:" in m]
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a JSON plan."""
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+# ---------------------------------------------------------------------------------------
 # Users and prospects.
 
 
