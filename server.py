@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -30,6 +31,7 @@ import rest
 from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.schema import create_schema
+from graph.subscriptions import SubscriptionHandler, WebSocketSendMiddleware
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.dialing import HeldBackCache
@@ -43,6 +45,9 @@ WALLBOARD_PAGE = Path(__file__).resolve().parent / "wallboard.html"
 
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context: pool, settings, actor, loaders and hub."""
+
+    # Subscriptions' events go straight to the sockets (graph/subscriptions.py).
+    graphql_transport_ws_handler_class = SubscriptionHandler
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         pool: asyncpg.Pool = request.app.state.pool
@@ -170,6 +175,8 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/wallboard", wallboard),
         ],
+        # Outermost, so it sees the server's own send (the fast path for events).
+        middleware=[Middleware(WebSocketSendMiddleware)],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -7,6 +7,8 @@ from datetime import datetime
 
 import strawberry
 
+from graph.execution import EventRenderer, current_subscription
+from graph.subscriptions import current_channel
 from graph.types import (
     ActiveCall,
     ActiveCallEvent,
@@ -21,6 +23,7 @@ from resolvers import calls
 from resolvers.auth import SUPERVISORS, hash_token
 from resolvers.calls import CallOutcome
 from resolvers.errors import parse_id
+from resolvers.events import Delivery
 
 
 @strawberry.type
@@ -157,6 +160,14 @@ class CallSubscriptions:
         hub, token = info.context.hub, info.context.token
         assert hub is not None
         assert token is not None
-        async with hub.subscription(actor.id, hash_token(token).hex(), agent) as events:
+        # Over graphql-transport-ws, each event is rendered once for every subscriber of
+        # the same document and written straight to the sockets (graph/subscriptions.py).
+        delivery = None
+        subscription = current_subscription()
+        channel = current_channel(hub.queue_size)
+        if subscription is not None and channel is not None:
+            key, executor = subscription
+            delivery = Delivery(key, EventRenderer(executor, info.context), channel)
+        async with hub.subscription(actor.id, hash_token(token).hex(), agent, delivery) as events:
             async for event in events:
                 yield active_call_event(event)

@@ -9,8 +9,15 @@ end), so a subscriber gets a SNAPSHOT and then every later event exactly once, a
 lock is held from an event's creation until its commit. The Listener owns a dedicated
 connection (never a pooled one), checks it every few seconds, and after any reconnect
 tells the Hub to resynchronise everyone, because events may have been lost while it was
-away. Each subscriber has a bounded queue: a slow client never delays the others, and one
-that falls too far behind is sent a fresh snapshot instead of a backlog.
+away. A slow client never delays the others: one that falls too far behind is sent a
+fresh snapshot instead of a backlog.
+
+Subscribers come in two kinds. A queued one (the general case) is a bounded queue read by
+its own task, which turns each event into a message. A fed one belongs to a Feed: every
+subscriber with the same document and variables sees the same bytes, so the Feed renders
+each event once and hands the bytes to each subscriber's Sink, which writes them to its
+socket at once: no task, no coroutine and no encoding per subscriber per event. Its task
+wakes only to send a snapshot (at the start, after a resync) or to end it.
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ import json
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -38,6 +45,8 @@ CALL_CHANNEL = "active_calls"
 REVOKE_CHANNEL = "sessions_revoked"
 # Events kept to number a snapshot by: far more than arrive while one is read.
 RECENT_EVENTS = 4096
+# How often a fed subscriber that fell behind checks whether its socket has drained.
+DRAIN_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -112,30 +121,176 @@ RESYNC = _Signal("RESYNC")
 REVOKED = _Signal("REVOKED")
 
 
+class Sink(Protocol):
+    """Where a fed subscriber's messages go: its socket, under its subscription's id."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the socket is gone or closing: nothing more can be sent."""
+
+    def write(self, body: bytes) -> bool:
+        """Send one rendered message now; False when the socket is closed or too far behind."""
+
+    def backlog(self) -> int:
+        """Bytes written but not yet taken by the operating system."""
+
+
+# An event rendered as its subscribers' message (the same bytes for every one of them).
+Render = Callable[[CallEvent], "bytes | Awaitable[bytes]"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How a fed subscriber's events reach it: the feed it shares and its own sink."""
+
+    key: Hashable
+    render: Render
+    sink: Sink
+
+
 @dataclass(eq=False)
 class Subscriber:
-    """One subscription's bounded queue."""
+    """One subscription: a bounded queue read by its own task, or a sink fed by a Feed."""
 
-    queue: asyncio.Queue[CallEvent | _Signal]
     user_id: UUID
     token_hash: str
     agent_id: UUID | None = None
     # The Hub's count of subscriptions when this one began: only a snapshot read after it
     # began can serve it (events before that were never queued for it).
     joined: int = 0
+    queue: asyncio.Queue[CallEvent | _Signal] | None = None
+    sink: Sink | None = None
+    feed: Feed | None = None
+    queue_size: int = 256
+    # Fed: events that arrive while a snapshot is read, rendered (None once it is sent).
+    pending: list[tuple[int, bytes]] | None = None
+    # Fed: the newest event number sent; older events are not sent again.
+    seen: int = -1
+    # Fed: what the task must do when it wakes (RESYNC or REVOKED), and its wake-up.
+    signal: _Signal | None = RESYNC
+    stale: bool = False
+    wake: asyncio.Future[None] | None = None
 
     def offer(self, item: CallEvent | _Signal) -> None:
         """Queue without ever waiting; a full queue is replaced by one RESYNC."""
+        assert self.queue is not None
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             self.reset(RESYNC)
 
     def reset(self, signal: _Signal) -> None:
-        """Drop what is queued and queue the signal alone."""
+        """Drop what is queued and queue the signal alone (fed: stop sending and wake)."""
+        if self.queue is None:
+            if self.signal is not REVOKED:
+                self.signal = signal
+            if signal is REVOKED:
+                self.pending = None
+                if self.feed is not None:
+                    self.feed.subscribers.pop(self, None)
+            else:
+                # Whatever was buffered is superseded by the snapshot to come, which must
+                # be read from now on.
+                self.pending, self.stale = [], True
+            if self.wake is not None and not self.wake.done():
+                self.wake.set_result(None)
+            return
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(signal)
+
+    def send(self, seq: int, body: bytes) -> None:
+        """A rendered event from the Feed: to the socket now, or buffered while a snapshot
+        is on its way; a socket too far behind is resynced instead."""
+        pending = self.pending
+        if pending is not None:
+            if len(pending) < self.queue_size:
+                pending.append((seq, body))
+            else:
+                # Events were dropped: the snapshot being read may be older than them.
+                pending.clear()
+                self.stale = True
+            return
+        if seq <= self.seen:
+            return
+        self.seen = seq
+        assert self.sink is not None
+        if not self.sink.write(body):
+            self.reset(RESYNC)
+
+
+@dataclass(eq=False)
+class Feed:
+    """The fed subscribers of one document and set of variables: each event is rendered
+    once, and the same bytes go to every one of them, in the order of the events."""
+
+    key: Hashable
+    render: Render
+    agent_id: UUID | None
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    _backlog: deque[CallEvent] = field(default_factory=deque)
+    _worker: asyncio.Task[None] | None = None
+    _snapshot: tuple[CallEvent, asyncio.Future[bytes]] | None = None
+
+    def publish(self, event: CallEvent) -> None:
+        """Render the event and send it to every subscriber (rendering that has to wait
+        for the database goes on in a task, in order)."""
+        narrowed = event.for_agent(self.agent_id)
+        if narrowed is None:
+            return
+        if self._worker is not None:
+            self._backlog.append(narrowed)
+            return
+        body = self._render(narrowed)
+        if isinstance(body, bytes):
+            self.deliver(narrowed.seq, body)
+        elif body is not None:
+            self._worker = asyncio.ensure_future(self._drain(narrowed.seq, body))
+
+    def deliver(self, seq: int, body: bytes) -> None:
+        """The rendered event to every subscriber."""
+        for subscriber in list(self.subscribers):
+            subscriber.send(seq, body)
+
+    async def _drain(self, seq: int, body: Awaitable[bytes]) -> None:
+        try:
+            while True:
+                try:
+                    self.deliver(seq, await body)
+                except Exception as error:
+                    log.error("could not render call event %d: %r", seq, error)
+                if not self._backlog:
+                    return
+                event = self._backlog.popleft()
+                rendered = self._render(event)
+                if isinstance(rendered, bytes):
+                    self.deliver(event.seq, rendered)
+                    continue
+                if rendered is None:
+                    continue
+                seq, body = event.seq, rendered
+        finally:
+            self._worker = None
+
+    def _render(self, event: CallEvent) -> bytes | Awaitable[bytes] | None:
+        try:
+            return self.render(event)
+        except Exception as error:
+            log.error("could not render call event %d: %r", event.seq, error)
+            return None
+
+    async def render_snapshot(self, snapshot: CallEvent) -> bytes:
+        """A snapshot rendered for this feed, once however many subscribers ask for it."""
+        if self._snapshot is None or self._snapshot[0] is not snapshot:
+            narrowed = snapshot.for_agent(self.agent_id)
+            assert narrowed is not None
+            future = asyncio.ensure_future(_awaited(self.render(narrowed)))
+            self._snapshot = (snapshot, future)
+        return await asyncio.shield(self._snapshot[1])
+
+
+async def _awaited(value: bytes | Awaitable[bytes]) -> bytes:
+    return value if isinstance(value, bytes) else await value
 
 
 @dataclass
@@ -148,6 +303,7 @@ class Hub:
     # How long a snapshot waits for its fence before giving up (the listener is down).
     fence_seconds: float = 10.0
     subscribers: set[Subscriber] = field(default_factory=set)
+    feeds: dict[Hashable, Feed] = field(default_factory=dict)
     last_seq: int = 0
     _joined: int = 0
     _recent: deque[CallEvent] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
@@ -155,6 +311,7 @@ class Hub:
     _snapshot: CallEvent | None = None
     _snapshot_task: asyncio.Task[CallEvent] | None = None
     _snapshot_covers: int = 0
+    _snapshot_after: int = 0
     _sockets: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
     _closing: set[asyncio.Future[None]] = field(default_factory=set)
 
@@ -172,14 +329,19 @@ class Hub:
         self.publish(event)
 
     def publish(self, event: CallEvent) -> None:
-        """Hand a numbered event to every subscriber."""
+        """Hand a numbered event to every subscriber: rendered once per feed and written
+        to each fed subscriber's socket, or queued for each queued one."""
         self.last_seq = max(self.last_seq, event.seq)
+        for feed in list(self.feeds.values()):
+            feed.publish(event)
         for subscriber in list(self.subscribers):
-            subscriber.offer(event)
+            if subscriber.queue is not None:
+                subscriber.offer(event)
 
     def resync_all(self) -> None:
         """Events may have been lost: every subscriber starts again from a snapshot."""
-        self._snapshot = None
+        # Neither the last snapshot nor one being read may show what was lost.
+        self._snapshot = self._snapshot_task = None
         for subscriber in list(self.subscribers):
             subscriber.reset(RESYNC)
 
@@ -210,21 +372,28 @@ class Hub:
         """
         return await self._snapshot_for(self._joined)
 
-    async def _snapshot_for(self, joined: int) -> CallEvent:
-        """A snapshot that can serve a subscriber who joined as the joined-th."""
+    async def _snapshot_for(self, joined: int, after_seq: int = 0) -> CallEvent:
+        """A snapshot that can serve a subscriber who joined as the joined-th and has been
+        sent every event up to after_seq (it must show them all)."""
         if self._snapshot is not None and self._snapshot.seq >= self.last_seq:
             return self._snapshot
-        # A read that began before the subscriber joined may show less than the events
-        # queued for it: start another.
-        if self._snapshot_task is None or self._snapshot_covers < joined:
+        # A read that began before the subscriber joined (or before after_seq) may show
+        # less than the events queued for it: start another.
+        if (
+            self._snapshot_task is None
+            or self._snapshot_covers < joined
+            or self._snapshot_after < after_seq
+        ):
             task = asyncio.ensure_future(self._fetch_snapshot())
             task.add_done_callback(self._snapshot_done)
             self._snapshot_task, self._snapshot_covers = task, self._joined
+            self._snapshot_after = self.last_seq
         return await asyncio.shield(self._snapshot_task)
 
     def _snapshot_done(self, task: asyncio.Task[CallEvent]) -> None:
-        if self._snapshot_task is task:
-            self._snapshot_task = None
+        if self._snapshot_task is not task:
+            return  # superseded by a newer read
+        self._snapshot_task = None
         if not task.cancelled() and task.exception() is None:
             self._snapshot = task.result()
 
@@ -259,25 +428,48 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def subscription(
-        self, user_id: UUID, token_hash: str, agent_id: UUID | None = None
+        self,
+        user_id: UUID,
+        token_hash: str,
+        agent_id: UUID | None = None,
+        delivery: Delivery | None = None,
     ) -> AsyncIterator[AsyncIterator[CallEvent]]:
-        """Subscribe for the duration of the block; yields the event stream."""
+        """Subscribe for the duration of the block; yields the event stream.
+
+        With a delivery, the events go straight to its sink, rendered once per feed, and
+        the stream yields nothing: it only ends, by raising, when the subscription is
+        revoked or no snapshot can be read.
+        """
         self._joined += 1
         subscriber = Subscriber(
-            queue=asyncio.Queue(self.queue_size),
             user_id=user_id,
             token_hash=token_hash,
             agent_id=agent_id,
             joined=self._joined,
+            queue_size=self.queue_size,
         )
+        feed = None
+        if delivery is None:
+            subscriber.queue = asyncio.Queue(self.queue_size)
+        else:
+            feed = self.feeds.get(delivery.key)
+            if feed is None:
+                feed = self.feeds[delivery.key] = Feed(delivery.key, delivery.render, agent_id)
+            subscriber.sink, subscriber.feed, subscriber.pending = delivery.sink, feed, []
+            feed.subscribers[subscriber] = None
         # Subscribe before reading the snapshot, so nothing committed in between is lost.
         self.subscribers.add(subscriber)
         try:
-            yield self._stream(subscriber)
+            yield self._stream(subscriber) if feed is None else self._feed(subscriber, feed)
         finally:
             self.subscribers.discard(subscriber)
+            if feed is not None:
+                feed.subscribers.pop(subscriber, None)
+                if not feed.subscribers and self.feeds.get(feed.key) is feed:
+                    del self.feeds[feed.key]
 
     async def _stream(self, subscriber: Subscriber) -> AsyncIterator[CallEvent]:
+        assert subscriber.queue is not None
         item: CallEvent | _Signal = RESYNC
         seen = -1
         while True:
@@ -295,6 +487,50 @@ class Hub:
                 if event is not None:
                     yield event
             item = await subscriber.queue.get()
+
+    async def _feed(self, subscriber: Subscriber, feed: Feed) -> AsyncIterator[CallEvent]:
+        """A fed subscriber's task: sends its snapshots; the Feed sends everything else."""
+        sink = subscriber.sink
+        assert sink is not None
+        while True:
+            signal, subscriber.signal = subscriber.signal, None
+            if signal is REVOKED:
+                raise Unauthenticated("The session was signed out")
+            if signal is RESYNC:
+                # A socket that fell behind gets its snapshot once it has drained (a
+                # transport tells no one when its buffer empties: ask).
+                while sink.backlog() and not sink.closed:  # noqa: ASYNC110
+                    await asyncio.sleep(DRAIN_POLL_SECONDS)
+                await self._send_snapshot(subscriber, feed, sink)
+                continue
+            subscriber.wake = asyncio.get_running_loop().create_future()
+            if subscriber.signal is None:
+                await subscriber.wake
+            subscriber.wake = None
+        yield  # pragma: no cover - an async generator that never yields an event
+
+    async def _send_snapshot(self, subscriber: Subscriber, feed: Feed, sink: Sink) -> None:
+        """Read (or share) a snapshot read after now, send it, then what came meanwhile."""
+        while True:
+            if subscriber.signal is RESYNC:
+                subscriber.signal = None
+            subscriber.stale = False
+            # It has been sent every event so far, or they are lost: the snapshot must
+            # show them all.
+            snapshot = await self._snapshot_for(subscriber.joined, self.last_seq)
+            body = await feed.render_snapshot(snapshot)
+            if subscriber.stale:
+                continue  # events were dropped meanwhile: read a newer one
+            if subscriber.signal is REVOKED or subscriber.pending is None:
+                return
+            pending, subscriber.pending = subscriber.pending, None
+            subscriber.seen = snapshot.seq
+            if not sink.write(body):
+                subscriber.reset(RESYNC)
+                return
+            for seq, event in pending:
+                subscriber.send(seq, event)
+            return
 
 
 async def _close_quietly(socket: Any) -> None:
