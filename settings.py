@@ -82,6 +82,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     access_log: bool = False
     ws_compression: bool = False
+    # uvicorn's WebSocket protocol: auto (websockets-sansio), websockets, wsproto.
+    ws_implementation: str = "auto"
     workers: int = 1
 
     @classmethod
@@ -118,6 +120,7 @@ class Settings:
             ws_ping_seconds=_float("WS_PING_SECONDS", 20.0),
             access_log=os.environ.get("ACCESS_LOG", "0") in {"1", "true", "yes"},
             ws_compression=os.environ.get("WS_COMPRESSION", "0") in {"1", "true", "yes"},
+            ws_implementation=os.environ.get("WS_IMPLEMENTATION", "auto").strip() or "auto",
             workers=_int("WEB_CONCURRENCY", 1),
             allowed_origins=tuple(
                 origin.strip()

@@ -167,7 +167,8 @@ class CallSubscriptions:
         channel = current_channel(hub.queue_size)
         if subscription is not None and channel is not None:
             key, executor = subscription
-            delivery = Delivery(key, EventRenderer(executor, info.context), channel)
+            context = info.context
+            delivery = Delivery(key, lambda: EventRenderer(executor, context), channel)
         async with hub.subscription(actor.id, hash_token(token).hex(), agent, delivery) as events:
             async for event in events:
                 yield active_call_event(event)

@@ -141,10 +141,11 @@ Render = Callable[[CallEvent], "bytes | Awaitable[bytes]"]
 
 @dataclass(frozen=True)
 class Delivery:
-    """How a fed subscriber's events reach it: the feed it shares and its own sink."""
+    """How a fed subscriber's events reach it: the feed it shares (its key, and how to
+    make its renderer should this subscriber be the first) and its own sink."""
 
     key: Hashable
-    render: Render
+    renderer: Callable[[], Render]
     sink: Sink
 
 
@@ -454,7 +455,8 @@ class Hub:
         else:
             feed = self.feeds.get(delivery.key)
             if feed is None:
-                feed = self.feeds[delivery.key] = Feed(delivery.key, delivery.render, agent_id)
+                feed = Feed(delivery.key, delivery.renderer(), agent_id)
+                self.feeds[delivery.key] = feed
             subscriber.sink, subscriber.feed, subscriber.pending = delivery.sink, feed, []
             feed.subscribers[subscriber] = None
         # Subscribe before reading the snapshot, so nothing committed in between is lost.
