@@ -8,7 +8,7 @@ from datetime import datetime
 import strawberry
 
 from graph.execution import EventRenderer, current_subscription
-from graph.subscriptions import current_channel
+from graph.subscriptions import current_channel, hand_over
 from graph.types import (
     ActiveCall,
     ActiveCallEvent,
@@ -162,13 +162,15 @@ class CallSubscriptions:
         assert token is not None
         # Over graphql-transport-ws, each event is rendered once for every subscriber of
         # the same document and written straight to the sockets (graph/subscriptions.py).
-        delivery = None
         subscription = current_subscription()
         channel = current_channel(hub.queue_size)
         if subscription is not None and channel is not None:
             key, executor = subscription
             context = info.context
             delivery = Delivery(key, lambda: EventRenderer(executor, context), channel)
-        async with hub.subscription(actor.id, hash_token(token).hex(), agent, delivery) as events:
+            end = await hub.attach(actor.id, hash_token(token).hex(), agent, delivery)
+            await hand_over(end)
+            return
+        async with hub.subscription(actor.id, hash_token(token).hex(), agent) as events:
             async for event in events:
                 yield active_call_event(event)

@@ -22,15 +22,20 @@ import contextvars
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from graphql import ExecutionResult, GraphQLError
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
 from graph.context import Context
+from graph.execution import encode_next
 
 log = logging.getLogger("callfloor.subscriptions")
 
@@ -47,7 +52,7 @@ RAW_FRAME_PROTOCOLS = frozenset(
 # A text frame's first two bytes for each payload length that fits in them.
 _SHORT_HEADERS = [bytes((0x81, length)) for length in range(126)]
 
-_operation: contextvars.ContextVar[tuple[BaseGraphQLTransportWSHandler[Any, Any], str]] = (
+_operation: contextvars.ContextVar[tuple[SubscriptionHandler, Operation[Context, None]]] = (
     contextvars.ContextVar("callfloor_operation")
 )
 
@@ -66,12 +71,55 @@ class WebSocketSendMiddleware:
 
 class SubscriptionHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """Strawberry's graphql-transport-ws handler; each operation can find its own socket
-    and id (current_channel), so its resolver can hand them to the fan-out."""
+    and id (current_channel), so its resolver can hand them to the fan-out, and can hand
+    itself over (hand_over): its task ends, and the operation stays open, served by the
+    Hub, until the client completes it, the socket closes or the Hub ends it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Operations handed over, and how to end each (unsubscribe it from the Hub).
+        self.handed_over: dict[str, Callable[[], None]] = {}
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        """As Strawberry, then forget the cancelled timeout: a live socket keeps nothing
+        it no longer needs."""
+        await super().handle_connection_init(message)
+        self.connection_init_timeout_task = None
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         """Run the operation in its task, which knows which operation it runs."""
-        _operation.set((self, operation.id))
-        await super().run_operation(operation)
+        _operation.set((self, operation))
+        try:
+            await super().run_operation(operation)
+        except asyncio.CancelledError:
+            if self.operations.get(operation.id) is operation and (
+                operation.id in self.handed_over
+            ):
+                return  # handed over: the Hub serves it now
+            raise
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        """Complete (or the socket closed): unsubscribe a handed-over operation too."""
+        end = self.handed_over.pop(operation_id, None)
+        if end is not None:
+            end()
+        await super().cleanup_operation(operation_id)
+
+    def forget_operation(self, operation_id: str) -> None:
+        """The Hub ended a handed-over operation (and sent its last messages)."""
+        self.handed_over.pop(operation_id, None)
+        self.operations.pop(operation_id, None)
+
+
+async def hand_over(end: Callable[[], None]) -> None:
+    """Leave the running operation to the Hub: its task ends without a message, and end
+    is called once the client completes it or the socket closes."""
+    handler, operation = _operation.get()
+    handler.handed_over[operation.id] = end
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    await asyncio.sleep(0)  # raises CancelledError: run_operation returns quietly
 
 
 def frame_header(size: int) -> bytes:
@@ -91,22 +139,30 @@ def message_head(operation_id: str) -> bytes:
 class RawFrameChannel:
     """Writes an operation's messages as frames straight to the socket's transport."""
 
-    __slots__ = ("_head", "_protocol", "_queue_size", "_transport")
+    __slots__ = ("_head", "_on_end", "_protocol", "_queue_size", "_transport")
 
-    def __init__(self, protocol: Any, operation_id: str, queue_size: int) -> None:
+    def __init__(
+        self, protocol: Any, operation_id: str, queue_size: int, on_end: Callable[[], None]
+    ) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
         self._head = message_head(operation_id)
         self._queue_size = queue_size
+        self._on_end = on_end
+
+    def end(self, error: Exception | None) -> None:
+        """The error (if any) as a `next` message, then `complete`."""
+        end_operation(self, error)
+        self._on_end()
 
     @property
     def closed(self) -> bool:
         """Whether a close frame was sent or the connection is going."""
         return bool(self._protocol.close_sent or self._transport.is_closing())
 
-    def write(self, body: bytes) -> bool:
+    def write(self, body: bytes, force: bool = False) -> bool:
         """One frame, now; False when closed or more than queue_size such frames are
-        waiting for the operating system to take them."""
+        waiting for the operating system to take them (it is written all the same)."""
         transport = self._transport
         if self._protocol.close_sent or transport.is_closing():
             return False
@@ -123,9 +179,12 @@ class RawFrameChannel:
 class AsgiChannel:
     """Sends an operation's messages through ASGI: one task drains them in order."""
 
-    __slots__ = ("_closed", "_head", "_queue", "_queue_size", "_send", "_task")
+    __slots__ = ("_closed", "_head", "_on_end", "_queue", "_queue_size", "_send", "_task")
 
-    def __init__(self, send: Send, operation_id: str, queue_size: int) -> None:
+    def __init__(
+        self, send: Send, operation_id: str, queue_size: int, on_end: Callable[[], None]
+    ) -> None:
+        self._on_end = on_end
         self._send = send
         self._head = message_head(operation_id)
         self._queue: deque[bytes] = deque()
@@ -138,9 +197,9 @@ class AsgiChannel:
         """Whether a send failed (the socket is gone)."""
         return self._closed
 
-    def write(self, body: bytes) -> bool:
+    def write(self, body: bytes, force: bool = False) -> bool:
         """Queue the message; False when closed or queue_size messages are waiting."""
-        if self._closed or len(self._queue) >= self._queue_size:
+        if self._closed or (len(self._queue) >= self._queue_size and not force):
             return False
         self._queue.append(body)
         if self._task is None:
@@ -150,6 +209,11 @@ class AsgiChannel:
     def backlog(self) -> int:
         """Bytes queued."""
         return sum(len(body) for body in self._queue)
+
+    def end(self, error: Exception | None) -> None:
+        """The error (if any) as a `next` message, then `complete`."""
+        end_operation(self, error)
+        self._on_end()
 
     async def _drain(self) -> None:
         try:
@@ -168,13 +232,26 @@ class AsgiChannel:
 Channel = RawFrameChannel | AsgiChannel
 
 
+def end_operation(channel: Channel, error: Exception | None) -> None:
+    """What a subscription sends when its stream ends: the error as a `next` message with
+    errors (as Strawberry sends it), then `complete`."""
+    if error is not None:
+        located = error if isinstance(error, GraphQLError) else GraphQLError(str(error))
+        if not isinstance(error, GraphQLError):
+            located.original_error = error
+        channel.write(encode_next(ExecutionResult(None, [located])), force=True)
+    channel.write(b'"type":"complete"}', force=True)
+
+
 def current_channel(queue_size: int) -> Channel | None:
     """The socket of the graphql-transport-ws operation this task runs, under its id; None
     outside of one (another transport, or a test driving the hub)."""
     found = _operation.get(None)
     if found is None:
         return None
-    handler, operation_id = found
+    handler, operation = found
+    operation_id = operation.id
+    on_end = partial(handler.forget_operation, operation_id)
     request = getattr(handler.websocket, "ws", None)
     send: Send | None = getattr(request, "scope", {}).get(SERVER_SEND)
     if send is None:
@@ -188,5 +265,5 @@ def current_channel(queue_size: int) -> Channel | None:
         and f"{kind.__module__}.{kind.__qualname__}" in RAW_FRAME_PROTOCOLS
         and not protocol.config.ws_per_message_deflate
     ):
-        return RawFrameChannel(protocol, operation_id, queue_size)
-    return AsgiChannel(send, operation_id, queue_size)
+        return RawFrameChannel(protocol, operation_id, queue_size, on_end)
+    return AsgiChannel(send, operation_id, queue_size, on_end)

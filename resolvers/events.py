@@ -16,8 +16,8 @@ Subscribers come in two kinds. A queued one (the general case) is a bounded queu
 its own task, which turns each event into a message. A fed one belongs to a Feed: every
 subscriber with the same document and variables sees the same bytes, so the Feed renders
 each event once and hands the bytes to each subscriber's Sink, which writes them to its
-socket at once: no task, no coroutine and no encoding per subscriber per event. Its task
-wakes only to send a snapshot (at the start, after a resync) or to end it.
+socket at once: no task, no coroutine and no encoding per subscriber per event. It has no
+task of its own once its first snapshot is sent: one is started only to resync it.
 """
 
 from __future__ import annotations
@@ -134,6 +134,10 @@ class Sink(Protocol):
     def backlog(self) -> int:
         """Bytes written but not yet taken by the operating system."""
 
+    def end(self, error: Exception | None) -> None:
+        """End the subscription on the socket (with the error, if any), as a subscription
+        whose stream ended or failed ends."""
+
 
 # An event rendered as its subscribers' message (the same bytes for every one of them).
 Render = Callable[[CallEvent], "bytes | Awaitable[bytes]"]
@@ -160,17 +164,20 @@ class Subscriber:
     # began can serve it (events before that were never queued for it).
     joined: int = 0
     queue: asyncio.Queue[CallEvent | _Signal] | None = None
-    sink: Sink | None = None
+    # Fed: the hub, feed and sink; events that arrive while a snapshot is on its way,
+    # rendered (None once it is sent); the newest event number sent (older ones are not
+    # sent again); whether a snapshot is on its way, and whether it may be too old.
+    hub: Hub | None = None
     feed: Feed | None = None
+    sink: Sink | None = None
     queue_size: int = 256
-    # Fed: events that arrive while a snapshot is read, rendered (None once it is sent).
     pending: list[tuple[int, bytes]] | None = None
-    # Fed: the newest event number sent; older events are not sent again.
     seen: int = -1
-    # Fed: what the task must do when it wakes (RESYNC or REVOKED), and its wake-up.
-    signal: _Signal | None = RESYNC
+    sending: bool = False
     stale: bool = False
-    wake: asyncio.Future[None] | None = None
+    revoked: bool = False
+    # Fed: attach() returned; from then on only the Hub serves it.
+    attached: bool = False
 
     def offer(self, item: CallEvent | _Signal) -> None:
         """Queue without ever waiting; a full queue is replaced by one RESYNC."""
@@ -181,20 +188,11 @@ class Subscriber:
             self.reset(RESYNC)
 
     def reset(self, signal: _Signal) -> None:
-        """Drop what is queued and queue the signal alone (fed: stop sending and wake)."""
+        """Drop what is queued and queue the signal alone (fed: buffer events from now
+        on and send a fresh snapshot, or end the subscription)."""
         if self.queue is None:
-            if self.signal is not REVOKED:
-                self.signal = signal
-            if signal is REVOKED:
-                self.pending = None
-                if self.feed is not None:
-                    self.feed.subscribers.pop(self, None)
-            else:
-                # Whatever was buffered is superseded by the snapshot to come, which must
-                # be read from now on.
-                self.pending, self.stale = [], True
-            if self.wake is not None and not self.wake.done():
-                self.wake.set_result(None)
+            assert self.hub is not None
+            self.hub.reset_fed(self, signal)
             return
         while not self.queue.empty():
             self.queue.get_nowait()
@@ -315,6 +313,7 @@ class Hub:
     _snapshot_after: int = 0
     _sockets: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
     _closing: set[asyncio.Future[None]] = field(default_factory=set)
+    _resyncing: set[asyncio.Future[None]] = field(default_factory=set)
 
     def receive(self, payload: str) -> None:
         """A notification on the events' channel: number a call event and publish it, or
@@ -429,46 +428,23 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def subscription(
-        self,
-        user_id: UUID,
-        token_hash: str,
-        agent_id: UUID | None = None,
-        delivery: Delivery | None = None,
+        self, user_id: UUID, token_hash: str, agent_id: UUID | None = None
     ) -> AsyncIterator[AsyncIterator[CallEvent]]:
-        """Subscribe for the duration of the block; yields the event stream.
-
-        With a delivery, the events go straight to its sink, rendered once per feed, and
-        the stream yields nothing: it only ends, by raising, when the subscription is
-        revoked or no snapshot can be read.
-        """
+        """Subscribe for the duration of the block; yields the event stream."""
         self._joined += 1
         subscriber = Subscriber(
+            queue=asyncio.Queue(self.queue_size),
             user_id=user_id,
             token_hash=token_hash,
             agent_id=agent_id,
             joined=self._joined,
-            queue_size=self.queue_size,
         )
-        feed = None
-        if delivery is None:
-            subscriber.queue = asyncio.Queue(self.queue_size)
-        else:
-            feed = self.feeds.get(delivery.key)
-            if feed is None:
-                feed = Feed(delivery.key, delivery.renderer(), agent_id)
-                self.feeds[delivery.key] = feed
-            subscriber.sink, subscriber.feed, subscriber.pending = delivery.sink, feed, []
-            feed.subscribers[subscriber] = None
         # Subscribe before reading the snapshot, so nothing committed in between is lost.
         self.subscribers.add(subscriber)
         try:
-            yield self._stream(subscriber) if feed is None else self._feed(subscriber, feed)
+            yield self._stream(subscriber)
         finally:
             self.subscribers.discard(subscriber)
-            if feed is not None:
-                feed.subscribers.pop(subscriber, None)
-                if not feed.subscribers and self.feeds.get(feed.key) is feed:
-                    del self.feeds[feed.key]
 
     async def _stream(self, subscriber: Subscriber) -> AsyncIterator[CallEvent]:
         assert subscriber.queue is not None
@@ -490,49 +466,115 @@ class Hub:
                     yield event
             item = await subscriber.queue.get()
 
-    async def _feed(self, subscriber: Subscriber, feed: Feed) -> AsyncIterator[CallEvent]:
-        """A fed subscriber's task: sends its snapshots; the Feed sends everything else."""
+    async def attach(
+        self, user_id: UUID, token_hash: str, agent_id: UUID | None, delivery: Delivery
+    ) -> Callable[[], None]:
+        """Subscribe a sink, send its first snapshot, and from then on feed it from here
+        alone: no task of its own waits for its events. Returns what ends it."""
+        self._joined += 1
+        subscriber = Subscriber(
+            user_id=user_id,
+            token_hash=token_hash,
+            agent_id=agent_id,
+            joined=self._joined,
+            hub=self,
+            sink=delivery.sink,
+            queue_size=self.queue_size,
+            pending=[],
+            sending=True,
+        )
+        feed = self.feeds.get(delivery.key)
+        if feed is None:
+            feed = self.feeds[delivery.key] = Feed(delivery.key, delivery.renderer(), agent_id)
+        subscriber.feed = feed
+        # Subscribe before reading the snapshot, so nothing committed in between is lost.
+        feed.subscribers[subscriber] = None
+        self.subscribers.add(subscriber)
+        try:
+            await self._send_snapshots(subscriber)
+            if subscriber.revoked:
+                raise Unauthenticated("The session was signed out")
+        except BaseException:
+            self.detach(subscriber)
+            raise
+        finally:
+            subscriber.sending = False
+        subscriber.attached = True
+        return lambda: self.detach(subscriber)
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """Forget a fed subscriber: nothing more is sent to it."""
+        self.subscribers.discard(subscriber)
+        subscriber.pending = None
+        feed = subscriber.feed
+        if feed is not None:
+            feed.subscribers.pop(subscriber, None)
+            if not feed.subscribers and self.feeds.get(feed.key) is feed:
+                del self.feeds[feed.key]
+
+    def reset_fed(self, subscriber: Subscriber, signal: _Signal) -> None:
+        """A fed subscriber fell behind or may have missed events (RESYNC), or was
+        revoked: resync it from a task of its own while that lasts, or end it."""
         sink = subscriber.sink
         assert sink is not None
-        while True:
-            signal, subscriber.signal = subscriber.signal, None
-            if signal is REVOKED:
-                raise Unauthenticated("The session was signed out")
-            if signal is RESYNC:
-                # A socket that fell behind gets its snapshot once it has drained (a
-                # transport tells no one when its buffer empties: ask).
-                while sink.backlog() and not sink.closed:  # noqa: ASYNC110
-                    await asyncio.sleep(DRAIN_POLL_SECONDS)
-                await self._send_snapshot(subscriber, feed, sink)
-                continue
-            subscriber.wake = asyncio.get_running_loop().create_future()
-            if subscriber.signal is None:
-                await subscriber.wake
-            subscriber.wake = None
-        yield  # pragma: no cover - an async generator that never yields an event
+        if subscriber.revoked:
+            return
+        if signal is REVOKED:
+            subscriber.revoked = True
+            self.detach(subscriber)
+            if subscriber.attached:
+                sink.end(Unauthenticated("The session was signed out"))
+            return  # else attach() raises once its snapshot is read
+        # Whatever was buffered is superseded by the snapshot to come, which must show
+        # every event so far.
+        subscriber.pending, subscriber.stale = [], True
+        if subscriber.sending or sink.closed:
+            return
+        subscriber.sending = True
+        task = asyncio.ensure_future(self._resync(subscriber))
+        self._resyncing.add(task)
+        task.add_done_callback(self._resyncing.discard)
 
-    async def _send_snapshot(self, subscriber: Subscriber, feed: Feed, sink: Sink) -> None:
-        """Read (or share) a snapshot read after now, send it, then what came meanwhile."""
-        while True:
-            if subscriber.signal is RESYNC:
-                subscriber.signal = None
+    async def _resync(self, subscriber: Subscriber) -> None:
+        sink = subscriber.sink
+        assert sink is not None
+        try:
+            await self._send_snapshots(subscriber)
+        except Exception as error:
+            log.warning("could not resync a subscriber: %r", error)
+            self.detach(subscriber)
+            sink.end(error)
+        finally:
+            subscriber.sending = False
+
+    async def _send_snapshots(self, subscriber: Subscriber) -> None:
+        """Until the subscriber is current: wait for its socket to drain, then send a
+        snapshot and the events buffered meanwhile."""
+        sink, feed = subscriber.sink, subscriber.feed
+        assert sink is not None
+        assert feed is not None
+        while subscriber.pending is not None and not subscriber.revoked:
+            # A socket that fell behind gets its snapshot once it has drained (a
+            # transport tells no one when its buffer empties: ask).
+            while sink.backlog() and not sink.closed:  # noqa: ASYNC110
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+            if sink.closed:
+                return
             subscriber.stale = False
             # It has been sent every event so far, or they are lost: the snapshot must
             # show them all.
             snapshot = await self._snapshot_for(subscriber.joined, self.last_seq)
             body = await feed.render_snapshot(snapshot)
-            if subscriber.stale:
+            pending = subscriber.pending
+            if subscriber.stale or pending is None or subscriber.revoked:
                 continue  # events were dropped meanwhile: read a newer one
-            if subscriber.signal is REVOKED or subscriber.pending is None:
-                return
-            pending, subscriber.pending = subscriber.pending, None
+            subscriber.pending = None
             subscriber.seen = snapshot.seq
             if not sink.write(body):
-                subscriber.reset(RESYNC)
-                return
+                subscriber.pending, subscriber.stale = [], True
+                continue
             for seq, event in pending:
                 subscriber.send(seq, event)
-            return
 
 
 async def _close_quietly(socket: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -399,8 +400,10 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
         agents = [await add_user(pool, api, f"racer{i}@test.example", "agent") for i in range(6)]
         prospects = [await add_prospect(api, agents[0]["token"], next_phone()) for _ in range(12)]
         writing = True
+        written = 0
 
         async def work(agent: dict[str, Any], mine: list[dict[str, Any]]) -> None:
+            nonlocal written
             while writing:
                 for prospect in mine:
                     body = await api.graphql(START_CALL, {"p": prospect["id"]}, agent["token"])
@@ -408,6 +411,7 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
                         continue
                     call = body["data"]["startCall"]
                     await end(api, agent["token"], prospect["id"], call["callLogId"])
+                    written += 1
 
         async def watch(delay: float) -> tuple[set[str], list[int]]:
             """Join after delay; return the active calls seen and the numbers received."""
@@ -443,7 +447,13 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
             for agent, mine in zip(agents, pairs, strict=True)
         ]
         watchers = [asyncio.create_task(watch(0.05 * n)) for n in range(20)]
-        await asyncio.sleep(1.5)  # let the writers and the joiners overlap for a while
+        began = time.monotonic()
+        # The writers and the joiners overlap for a while, however busy the machine is.
+        await wait_until(
+            lambda: written >= 25 and time.monotonic() - began >= 1.5,
+            120,
+            "the writers hardly wrote: the race did not happen",
+        )
         writing = False
         await asyncio.gather(*writers)
         # Everything committed before the marker reaches every watcher before it.
@@ -564,3 +574,50 @@ async def test_compressed_sockets_are_sent_every_event_through_asgi(
             assert [e["seq"] for e in events] == list(range(events[0]["seq"], events[0]["seq"] + 3))
         finally:
             await socket.close()
+
+
+async def test_subscriptions_hold_no_task_and_end_when_completed(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Once its SNAPSHOT is sent, a subscription is the hub's alone: no task waits for its
+    events. It still counts towards the limit, ends when the client completes it (its id
+    free again), and each open one gets every event once."""
+    async with running_server(replace(settings, max_subscriptions_per_connection=5)) as api:
+        agent = await add_user(pool, api, "idle@test.example", "agent")
+        hub = api.app.state.hub
+        url = api.base_url.replace("http", "ws") + "/graphql"
+        async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+
+            async def subscribe_as(operation_id: str) -> dict[str, Any]:
+                payload = {"query": EVENTS}
+                message = {"id": operation_id, "type": "subscribe", "payload": payload}
+                await socket.send(json.dumps(message))
+                reply: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                return reply
+
+            await socket.send(
+                json.dumps({"type": "connection_init", "payload": {"token": agent["token"]}})
+            )
+            assert json.loads(await socket.recv())["type"] == "connection_ack"
+            tasks = len(asyncio.all_tasks())
+            for number in range(5):
+                assert (await subscribe_as(str(number)))["type"] == "next"
+            await wait_until(
+                lambda: len(asyncio.all_tasks()) <= tasks, 10, "subscriptions kept tasks"
+            )
+            assert len(hub.subscribers) == 5
+            assert (await subscribe_as("5"))["type"] == "error"  # the limit holds
+
+            await socket.send(json.dumps({"id": "0", "type": "complete"}))
+            await wait_until(lambda: len(hub.subscribers) == 4, 10, "complete left it on")
+            again = await subscribe_as("0")
+            assert event_of(json.dumps(again))["type"] == "SNAPSHOT"
+
+            prospect = await add_prospect(api, agent["token"], next_phone())
+            call = await start(api, agent["token"], prospect["id"])
+            messages = [json.loads(await asyncio.wait_for(socket.recv(), 10)) for _ in range(5)]
+            assert sorted(m["id"] for m in messages) == ["0", "1", "2", "3", "4"]
+            assert {event_of(json.dumps(m))["activeCall"]["callLogId"] for m in messages} == {
+                call["callLogId"]
+            }
+        await wait_until(lambda: not hub.subscribers and not hub.feeds, 10, "left subscribed")
