@@ -26,8 +26,8 @@ from graph.extensions import log_errors, present_error
 from graph.types import active_call_event
 from resolvers.events import CallEvent
 
-_subscription_executor: contextvars.ContextVar[SubscriptionExecutionContext] = (
-    contextvars.ContextVar("callfloor_subscription_executor")
+_subscription_executor: contextvars.ContextVar[SubscriptionExecutionContext | None] = (
+    contextvars.ContextVar("callfloor_subscription_executor", default=None)
 )
 
 
@@ -91,10 +91,15 @@ def encode_next(result: ExecutionResult) -> bytes:
 def current_subscription() -> tuple[Any, SubscriptionExecutionContext] | None:
     """The feed key (document and variables) and executor of the subscription whose
     resolver runs in this task; None when there is none."""
-    executor = _subscription_executor.get(None)
+    executor = _subscription_executor.get()
     if executor is None:
         return None
     variables = sorted(executor.variable_values.coerced.items())
     # The document is parsed once per text (ParserCache) and held by the executor, so
     # its identity names it while the feed lives.
     return (id(executor.operation), repr(variables)), executor
+
+
+def forget_subscription() -> None:
+    """Let go of the subscription's executor (its task may be kept after it ends)."""
+    _subscription_executor.set(None)

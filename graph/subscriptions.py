@@ -35,7 +35,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
 from graph.context import Context
-from graph.execution import encode_next
+from graph.execution import encode_next, forget_subscription
 
 log = logging.getLogger("callfloor.subscriptions")
 
@@ -116,6 +116,9 @@ async def hand_over(end: Callable[[], None]) -> None:
     is called once the client completes it or the socket closes."""
     handler, operation = _operation.get()
     handler.handed_over[operation.id] = end
+    # The finished task stays in the handler's operations, with its context: keep nothing
+    # in it that the Hub does not need.
+    forget_subscription()
     task = asyncio.current_task()
     assert task is not None
     task.cancel()
