@@ -174,6 +174,25 @@ class RawFrameChannel:
         transport.write(frame_header(size) + message)
         return bool(transport.get_write_buffer_size() <= self._queue_size * size)
 
+    def write_all(self, bodies: list[bytes]) -> bool:
+        """The frames in one write; False as for write."""
+        if len(bodies) == 1:
+            return self.write(bodies[0])
+        transport = self._transport
+        if self._protocol.close_sent or transport.is_closing():
+            return False
+        head = self._head
+        parts = []
+        for body in bodies:
+            message = head + body
+            parts.append(frame_header(len(message)))
+            parts.append(message)
+        data = b"".join(parts)
+        transport.write(data)
+        return bool(
+            transport.get_write_buffer_size() <= self._queue_size * len(data) // len(bodies)
+        )
+
     def backlog(self) -> int:
         """Bytes the transport holds."""
         return int(self._transport.get_write_buffer_size())
@@ -208,6 +227,10 @@ class AsgiChannel:
         if self._task is None:
             self._task = asyncio.ensure_future(self._drain())
         return True
+
+    def write_all(self, bodies: list[bytes]) -> bool:
+        """Queue the messages; False as for write."""
+        return all([self.write(body) for body in bodies])
 
     def backlog(self) -> int:
         """Bytes queued."""

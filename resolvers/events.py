@@ -131,6 +131,9 @@ class Sink(Protocol):
     def write(self, body: bytes) -> bool:
         """Send one rendered message now; False when the socket is closed or too far behind."""
 
+    def write_all(self, bodies: list[bytes]) -> bool:
+        """Send rendered messages now, in one write; False as for write."""
+
     def backlog(self) -> int:
         """Bytes written but not yet taken by the operating system."""
 
@@ -198,23 +201,27 @@ class Subscriber:
             self.queue.get_nowait()
         self.queue.put_nowait(signal)
 
-    def send(self, seq: int, body: bytes) -> None:
-        """A rendered event from the Feed: to the socket now, or buffered while a snapshot
-        is on its way; a socket too far behind is resynced instead."""
+    def send(self, batch: list[tuple[int, bytes]], bodies: list[bytes]) -> None:
+        """Rendered events from the Feed (their numbers and messages): to the socket now,
+        or buffered while a snapshot is on its way; a socket too far behind is resynced
+        instead."""
         pending = self.pending
         if pending is not None:
-            if len(pending) < self.queue_size:
-                pending.append((seq, body))
+            if len(pending) + len(batch) <= self.queue_size:
+                pending.extend(batch)
             else:
                 # Events were dropped: the snapshot being read may be older than them.
                 pending.clear()
                 self.stale = True
             return
-        if seq <= self.seen:
+        seen = self.seen
+        if batch[-1][0] <= seen:
             return
-        self.seen = seq
+        if batch[0][0] <= seen:  # some were in its snapshot
+            bodies = [body for seq, body in batch if seq > seen]
+        self.seen = batch[-1][0]
         assert self.sink is not None
-        if not self.sink.write(body):
+        if not self.sink.write_all(bodies):
             self.reset(RESYNC)
 
 
@@ -230,6 +237,7 @@ class Feed:
     _backlog: deque[CallEvent] = field(default_factory=deque)
     _worker: asyncio.Task[None] | None = None
     _snapshot: tuple[CallEvent, asyncio.Future[bytes]] | None = None
+    _outbox: list[tuple[int, bytes]] = field(default_factory=list)
 
     def publish(self, event: CallEvent) -> None:
         """Render the event and send it to every subscriber (rendering that has to wait
@@ -247,9 +255,18 @@ class Feed:
             self._worker = asyncio.ensure_future(self._drain(narrowed.seq, body))
 
     def deliver(self, seq: int, body: bytes) -> None:
-        """The rendered event to every subscriber."""
+        """The rendered event to every subscriber, as soon as the events that arrived with
+        it are rendered too: a socket is written once for all of them, so when events come
+        faster than one is fanned out, the sends (most of the cost) are shared."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append((seq, body))
+
+    def _flush(self) -> None:
+        batch, self._outbox = self._outbox, []
+        bodies = [body for _, body in batch]
         for subscriber in list(self.subscribers):
-            subscriber.send(seq, body)
+            subscriber.send(batch, bodies)
 
     async def _drain(self, seq: int, body: Awaitable[bytes]) -> None:
         try:
@@ -573,8 +590,8 @@ class Hub:
             if not sink.write(body):
                 subscriber.pending, subscriber.stale = [], True
                 continue
-            for seq, event in pending:
-                subscriber.send(seq, event)
+            if pending:
+                subscriber.send(pending, [event for _, event in pending])
 
 
 async def _close_quietly(socket: Any) -> None:

@@ -621,3 +621,23 @@ async def test_subscriptions_hold_no_task_and_end_when_completed(
                 call["callLogId"]
             }
         await wait_until(lambda: not hub.subscribers and not hub.feeds, 10, "left subscribed")
+
+
+async def test_events_that_arrive_together_are_written_together_in_order(
+    api: Api, team: Team
+) -> None:
+    """Events published before the fan-out gets to run are written to each socket in one
+    go: every one still arrives as a message of its own, once, in order."""
+    hub = api.app.state.hub
+    socket = await open_subscription(api, team.manager["token"])
+    try:
+        seq = hub.last_seq
+        for number in range(1, 51):
+            hub.publish(big_event(seq + number, team.agent["id"], f"p{number}"))
+        events = [event_of(await asyncio.wait_for(socket.recv(), 10)) for _ in range(50)]
+        assert [e["seq"] for e in events] == list(range(seq + 1, seq + 51))
+        assert [e["activeCall"]["prospectName"] for e in events] == [
+            f"p{number}" for number in range(1, 51)
+        ]
+    finally:
+        await socket.close()
