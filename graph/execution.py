@@ -39,6 +39,9 @@ class SubscriptionExecutionContext(StrawberryGraphQLCoreExecutionContext):
         # graphql-core 3.3 shares this memo between all events of a subscription, and its
         # keys are per-event objects: left alone it grows with every event delivered.
         executor._relevant_sub_fields = {}
+        # An event's fields resolve without build_resolve_info's check below (a snapshot
+        # of 500 calls resolves thousands of them).
+        executor.__class__ = EventExecutionContext
         return executor
 
     def build_resolve_info(self, *args: Any, **kwargs: Any) -> GraphQLResolveInfo[Any]:
@@ -54,15 +57,24 @@ class SubscriptionExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return info
 
 
+class EventExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """The executor of one event (a copy of its subscription's)."""
+
+    def build_per_event_executor(self, payload: Any) -> Any:
+        executor = super().build_per_event_executor(payload)
+        executor._relevant_sub_fields = {}
+        return executor
+
+
 class EventRenderer:
     """Executes an event with a subscription's document and variables and encodes the
     rest of its `next` message after the id: `"type":"next","payload":{...}}`."""
 
-    def __init__(self, executor: SubscriptionExecutionContext, context: Context) -> None:
+    def __init__(self, executor: StrawberryGraphQLCoreExecutionContext, context: Context) -> None:
         # The first subscriber's executor serves every subscriber of its feed, but not its
         # connection: each event gets a context of its own (fresh DataLoaders, no socket).
         self.context = dataclasses.replace(context, request=None, response=None)
-        self.executor = executor.build_per_event_executor(None)
+        self.executor: Any = executor.build_per_event_executor(None)
         self.executor.context_value = self.context
 
     def __call__(self, event: CallEvent) -> bytes | Awaitable[bytes]:

@@ -236,7 +236,11 @@ class Feed:
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
     _backlog: deque[CallEvent] = field(default_factory=deque)
     _worker: asyncio.Task[None] | None = None
-    _snapshot: tuple[CallEvent, asyncio.Future[bytes]] | None = None
+    # The Hub's renderings of its current snapshot, by feed key (they outlive a feed, so
+    # subscribers who come and go one at a time share them too).
+    snapshots: dict[Hashable, tuple[CallEvent, asyncio.Future[bytes], Render]] = field(
+        default_factory=dict
+    )
     _outbox: list[tuple[int, bytes]] = field(default_factory=list)
 
     def publish(self, event: CallEvent) -> None:
@@ -297,12 +301,16 @@ class Feed:
 
     async def render_snapshot(self, snapshot: CallEvent) -> bytes:
         """A snapshot rendered for this feed, once however many subscribers ask for it."""
-        if self._snapshot is None or self._snapshot[0] is not snapshot:
+        rendered = self.snapshots.get(self.key)
+        if rendered is None or rendered[0] is not snapshot:
+            if any(other is not snapshot for other, _, _ in self.snapshots.values()):
+                self.snapshots.clear()  # renderings of older snapshots serve no one
             narrowed = snapshot.for_agent(self.agent_id)
             assert narrowed is not None
             future = asyncio.ensure_future(_awaited(self.render(narrowed)))
-            self._snapshot = (snapshot, future)
-        return await asyncio.shield(self._snapshot[1])
+            # The renderer is kept with it: the key names its document while it lives.
+            rendered = self.snapshots[self.key] = (snapshot, future, self.render)
+        return await asyncio.shield(rendered[1])
 
 
 async def _awaited(value: bytes | Awaitable[bytes]) -> bytes:
@@ -331,6 +339,9 @@ class Hub:
     _sockets: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
     _closing: set[asyncio.Future[None]] = field(default_factory=set)
     _resyncing: set[asyncio.Future[None]] = field(default_factory=set)
+    _rendered_snapshots: dict[Hashable, tuple[CallEvent, asyncio.Future[bytes], Render]] = field(
+        default_factory=dict
+    )
 
     def receive(self, payload: str) -> None:
         """A notification on the events' channel: number a call event and publish it, or
@@ -502,7 +513,10 @@ class Hub:
         )
         feed = self.feeds.get(delivery.key)
         if feed is None:
-            feed = self.feeds[delivery.key] = Feed(delivery.key, delivery.renderer(), agent_id)
+            rendered = self._rendered_snapshots.get(delivery.key)
+            render = rendered[2] if rendered is not None else delivery.renderer()
+            feed = Feed(delivery.key, render, agent_id, snapshots=self._rendered_snapshots)
+            self.feeds[delivery.key] = feed
         subscriber.feed = feed
         # Subscribe before reading the snapshot, so nothing committed in between is lost.
         feed.subscribers[subscriber] = None
