@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import statistics
 import sys
@@ -472,6 +473,7 @@ class Options:
     batch: int
     snapshot_calls: int
     snapshot_probes: int
+    nice: int
     server_settings: dict[str, str]
     json: bool
 
@@ -806,7 +808,8 @@ def report(options: Options, results: list[Result]) -> None:
         f"stream: calls started and ended on distinct prospects, committed from asyncpg at "
         f"fixed rates for about {options.seconds:g}s each; fresh server processes per N "
         f"({options.processes} on one database); subscribers opened {options.batch} at a time; "
-        f"server settings {options.server_settings or 'default'}."
+        f"server settings {options.server_settings or 'default'}"
+        + (f"; everything at niceness {options.nice}." if options.nice else ".")
     )
     print()
     print(table(results))
@@ -870,6 +873,14 @@ def parse_options(argv: list[str] | None) -> Options:
         "--snapshot-probes", type=int, default=20, help="subscribers timed to their first SNAPSHOT"
     )
     parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run this process, PostgreSQL and the servers at this niceness (negative, as "
+        "root: ahead of whatever else the machine runs, to see the figures of a machine "
+        "of their own)",
+    )
+    parser.add_argument(
         "--server",
         action="append",
         default=[],
@@ -899,6 +910,7 @@ def parse_options(argv: list[str] | None) -> Options:
         batch=args.batch,
         snapshot_calls=args.snapshot_calls,
         snapshot_probes=args.snapshot_probes,
+        nice=args.nice,
         server_settings=settings,
         json=args.json,
     )
@@ -912,6 +924,8 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 def main(argv: list[str] | None = None) -> int:
     """Set up, measure, report, and tear everything down whatever happens."""
     options = parse_options(argv)
+    if options.nice:
+        os.nice(options.nice)  # inherited by PostgreSQL and the servers
     wanted = max(options.subscribers) + SPARE_FILES
     limit = raise_open_files_limit(wanted)
     if limit < wanted:
