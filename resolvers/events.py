@@ -156,7 +156,7 @@ class Delivery:
     sink: Sink
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscriber:
     """One subscription: a bounded queue read by its own task, or a sink fed by a Feed."""
 
