@@ -35,7 +35,7 @@ from graph.context import Context, Loaders
 from graph.extensions import present_error
 from graph.responses import GRAPHQL_RESPONSE_JSON, is_request_error, prefers_graphql_response
 from graph.schema import create_schema
-from graph.subscriptions import TransportWSHandler
+from graph.subscriptions import SubscriptionHandler, WebSocketSendMiddleware
 from request_size import RequestSizeLimit
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
@@ -51,7 +51,8 @@ WALLBOARD_PAGE = Path(__file__).resolve().parent / "wallboard.html"
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context: pool, settings, actor, loaders and hub."""
 
-    graphql_transport_ws_handler_class = TransportWSHandler
+    # Subscriptions' events go straight to the sockets (graph/subscriptions.py).
+    graphql_transport_ws_handler_class = SubscriptionHandler
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         pool: asyncpg.Pool = request.app.state.pool
@@ -166,7 +167,7 @@ def create_app(
             max_size=settings.pool_max_size,
             on_connect=on_connect,
         )
-        hub = Hub(pool, queue_size=settings.subscriber_queue_size)
+        hub = Hub(pool, queue_size=settings.subscriber_queue_size, observer=metrics.HubMetrics())
         listener = Listener(
             settings.listen_url(database_url), hub, health_interval=settings.listener_health_seconds
         )
@@ -222,6 +223,8 @@ def create_app(
             *metrics.routes,
         ],
         middleware=[
+            # Outermost, so it sees the server's own send (the fast path for events).
+            Middleware(WebSocketSendMiddleware),
             Middleware(metrics.MetricsMiddleware),
             # Pages on ALLOWED_ORIGINS (the origins that may open WebSockets) may call the
             # API from the browser too. Bearer tokens travel in a header, never a cookie:
