@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -24,7 +25,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
@@ -102,6 +103,21 @@ class GraphQLApp(GraphQL[Context, None]):
             response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
         response.headers["vary"] = "Accept"
         return response
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """As Strawberry, which checks `query` and `variables`: an `operationName` that is
+        not a string makes the request malformed too, a 400 whatever the client accepts."""
+        data = await super().parse_http_body(request)
+        for item in data if isinstance(data, list) else [data]:
+            if not isinstance(item.operation_name, str | None):
+                raise HTTPException(
+                    400,
+                    "The GraphQL operation's `operationName` must be a string or null, "
+                    "if provided.",
+                )
+        return data
 
     def decode_json(self, data: str | bytes) -> object:
         """Any undecodable body (not UTF-8, nested too deep) is a 400, like bad JSON."""
