@@ -46,7 +46,7 @@ from settings import Settings
 from sql import database
 
 log = logging.getLogger("callfloor")
-WALLBOARD_PAGE = Path(__file__).resolve().parent / "wallboard.html"
+WALLBOARD_PAGE = Path(__file__).resolve().parent / "graph" / "wallboard.html"
 
 
 class GraphQLApp(GraphQL[Context, None]):
