@@ -11,6 +11,8 @@ with the same --clients concurrent clients:
                   BEGIN; find the prospect; INSERT call_logs; INSERT active_calls; COMMIT;
                   BEGIN; UPDATE call_logs (ended_at, outcome, duration);
                   DELETE active_calls; UPDATE prospects (last_call, status); COMMIT
+    N  + NOTIFY   (with --notify) path A with one pg_notify() of an event's size in each
+                  transaction: what publishing in the transaction costs by itself
     B  functions  our start_call() then end_call(), as the server sends them (two
                   statements, each its own transaction)
 
@@ -31,7 +33,7 @@ of a run without it.
 
 Usage: .venv/bin/python bench/call_cycle.py [--seconds 10] [--clients 16]
                                           [--driver pgbench|asyncpg] [--graphql]
-                                          [--track-functions]
+                                          [--track-functions] [--notify]
 
 Compare the ratios of one run: both paths share the machine and the moment.
 """
@@ -124,6 +126,21 @@ BARE = Cycle(
         Step("COMMIT"),
     ),
 )
+# The bare cycle with one NOTIFY in each transaction, as the functions send one per event
+# (a payload of about an event's size): what notifying alone costs. PostgreSQL serialises
+# notifying commits (a lock held from the queue write until after the commit record is
+# flushed), so this path shows the ceiling any cycle that publishes in its transaction has.
+NOTIFY_STEP = Step("SELECT pg_notify('call_cycle_bench', repeat('x', 400))")
+NOTIFYING = Cycle(
+    key="N",
+    title="N bare SQL + NOTIFY",
+    prefix="n",
+    steps=tuple(
+        step
+        for original in BARE.steps
+        for step in ((NOTIFY_STEP, original) if original.sql == "COMMIT" else (original,))
+    ),
+)
 # The columns the server reads back (sql/queries/calls.sql).
 FUNCTIONS = Cycle(
     key="B",
@@ -212,7 +229,7 @@ SELECT (SELECT count(*) FROM call_logs c JOIN prospects p ON p.id = c.prospect_i
 
 # The prospects of each path (A, B; --graphql's graphql and asyncpg) by the prefix of their
 # ids, and of their phones: +12..., +13..., +14..., +15...
-PREFIXES = "abgs"
+PREFIXES = "abgsn"
 
 
 def first_phone(prefix: str) -> int:
@@ -464,11 +481,11 @@ class PathReport:
 async def measure_sql(
     options: Options, url: str, postgres: common.TemporaryPostgres, pgbench: Path | None
 ) -> list[PathReport]:
-    """Path A, then path B, from the chosen driver."""
+    """Path A, (with --notify, path N,) then path B, from the chosen driver."""
     connection = await asyncpg.connect(url, server_settings={"application_name": BENCH_APPLICATION})
     try:
         reports: list[PathReport] = []
-        for cycle in (BARE, FUNCTIONS):
+        for cycle in sql_cycles(options):
             common.log(f"{cycle.title}: {options.clients} clients via {options.driver} ...")
             await connection.execute(RESET_STATISTICS)
             if pgbench is not None:
@@ -485,6 +502,11 @@ async def measure_sql(
         return reports
     finally:
         await connection.close()
+
+
+def sql_cycles(options: Options) -> tuple[Cycle, ...]:
+    """The paths of the SQL mode, in the order they run."""
+    return (BARE, NOTIFYING, FUNCTIONS) if options.notify else (BARE, FUNCTIONS)
 
 
 # --- the --graphql mode ----------------------------------------------------------------
@@ -674,7 +696,7 @@ def results_table(results: list[Measured], ratio_name: str) -> str:
         f"   cpu ms/cycle: {'server':>7} {'pg backends':>11} {'pg other':>8} {'client':>7}"
     )
     lines = [header, "-" * len(header)]
-    titles = {"A": BARE.title, "B": FUNCTIONS.title}
+    titles = {cycle.key: cycle.title for cycle in (BARE, NOTIFYING, FUNCTIONS)}
     for result in results:
         server = f"{result.server_cpu_ms:.3f}" if result.server_cpu_ms is not None else "-"
         lines.append(
@@ -683,11 +705,16 @@ def results_table(results: list[Measured], ratio_name: str) -> str:
             f"   {'':>13} {server:>7} {result.backends_cpu_ms:>11.3f}"
             f" {result.postgres_other_cpu_ms:>8.3f} {result.client_cpu_ms:>7.3f}"
         )
-    if len(results) == 2:
-        first, second = results
-        numerator, denominator = (second, first) if ratio_name == "B/A" else (first, second)
+    pairs = []
+    if ratio_name == "B/A":
+        # Path B against each path before it: A, and N when it ran.
+        pairs = [(results[-1], earlier) for earlier in results[:-1]]
+    elif len(results) == 2:
+        pairs = [(results[0], results[1])]
+    for numerator, denominator in pairs:
+        name = f"{numerator.path}/{denominator.path}" if ratio_name == "B/A" else ratio_name
         lines.append(
-            f"{ratio_name:<22} {ratio(numerator.load.per_second, denominator.load.per_second):>9}"
+            f"{name:<22} {ratio(numerator.load.per_second, denominator.load.per_second):>9}"
             f" {ratio(numerator.load.p50_ms, denominator.load.p50_ms):>8}"
             f" {ratio(numerator.load.p99_ms, denominator.load.p99_ms):>8} {'':>6}"
             f"   {'':>13} {ratio(numerator.server_cpu_ms, denominator.server_cpu_ms):>7}"
@@ -787,6 +814,7 @@ class Options:
     driver: str
     graphql: bool
     track_functions: bool
+    notify: bool
     prospects_per_client: int | None
     synchronous_commit: str
     pool_size: int
@@ -794,7 +822,7 @@ class Options:
 
 def benchmark(options: Options, postgres: common.TemporaryPostgres, url: str) -> int:
     """Seed, run the paths of the mode, report."""
-    prefixes = ["g", "s"] if options.graphql else [BARE.prefix, FUNCTIONS.prefix]
+    prefixes = ["g", "s"] if options.graphql else [cycle.prefix for cycle in sql_cycles(options)]
     common.log(f"seeding {options.clients} callers and their prospects ...")
     per_client = common.run(seed(url, options, prefixes))
     if not options.graphql:
@@ -845,6 +873,11 @@ def parse_options(argv: list[str] | None) -> Options:
         "--track-functions", action="store_true", help="print pg_stat_user_functions"
     )
     parser.add_argument(
+        "--notify",
+        action="store_true",
+        help="also path N: the bare cycle with a NOTIFY in each transaction",
+    )
+    parser.add_argument(
         "--prospects-per-client",
         type=int,
         default=None,
@@ -864,6 +897,7 @@ def parse_options(argv: list[str] | None) -> Options:
         driver=args.driver,
         graphql=args.graphql,
         track_functions=args.track_functions,
+        notify=args.notify and not args.graphql,
         prospects_per_client=args.prospects_per_client,
         synchronous_commit=args.synchronous_commit,
         pool_size=args.pool_size,
