@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import strawberry
-from graphql import ASTValidationRule, GraphQLError
+from graphql import ASTValidationRule, GraphQLError, specified_rules
 from strawberry.extensions import (
     AddValidationRules,
     MaxTokensLimiter,
@@ -73,6 +73,11 @@ class Subscription(CallSubscriptions):
 class CallfloorSchema(strawberry.Schema):
     """Logs unexpected errors whole; expected ones are the client's business."""
 
+    # What the view parses and validates documents with, for the compiled reads to hold
+    # to the same (graph/reads.py): set by create_schema().
+    max_tokens: int = MAX_TOKENS
+    validation_rules: tuple[type[ASTValidationRule], ...] = tuple(specified_rules)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -105,7 +110,7 @@ class CallfloorSchema(strawberry.Schema):
 
 def create_schema(
     max_depth: int = DEFAULT_MAX_QUERY_DEPTH, max_aliases: int = DEFAULT_MAX_ALIASES
-) -> strawberry.Schema:
+) -> CallfloorSchema:
     """The schema with its limits (depth, aliases), caches and error handling on."""
     # The rule classes are made once: ValidationCache keys on them, so a document seen
     # before skips parsing and validation entirely.
@@ -122,7 +127,7 @@ def create_schema(
         ValidationCache,
         ErrorCodes,
     ]
-    return CallfloorSchema(
+    schema = CallfloorSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -130,3 +135,5 @@ def create_schema(
         config=StrawberryConfig(scalar_map={BigInt: BIG_INT_SCALAR}),
         execution_context_class=SharedEventExecutionContext,
     )
+    schema.validation_rules = (*specified_rules, *limits)
+    return schema

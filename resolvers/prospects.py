@@ -63,16 +63,22 @@ async def get_prospect(pool: asyncpg.Pool, prospect_id: UUID) -> asyncpg.Record:
     return record
 
 
-async def list_prospects(
-    pool: asyncpg.Pool,
+PageParameters = tuple[
+    str | None, str | None, UUID | None, datetime | None, UUID | None, int, str | None
+]
+
+
+def page_parameters(
     *,
     first: int,
     after: str | None,
     status: str | None,
     search: str | None,
     assigned_to: UUID | None,
-) -> tuple[list[asyncpg.Record], bool]:
-    """One page of prospects, newest first, and whether more follow."""
+) -> PageParameters:
+    """The prospects_page query's parameters for a page, or BAD_USER_INPUT: status,
+    search pattern, agent, cursor time and id, rows to read (one more than the page, to
+    tell whether more follow), phone digits."""
     if not 0 <= first <= MAX_PAGE_SIZE:
         raise BadUserInput(f"first must be between 0 and {MAX_PAGE_SIZE}", field="first")
     if search is not None:
@@ -84,18 +90,26 @@ async def list_prospects(
     pattern = (
         search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
     )
+    digits = phone_digits(search) if search else None
+    return status, pattern, assigned_to, cursor_at, cursor_id, first + 1, digits
+
+
+async def list_prospects(
+    pool: asyncpg.Pool,
+    *,
+    first: int,
+    after: str | None,
+    status: str | None,
+    search: str | None,
+    assigned_to: UUID | None,
+) -> tuple[list[asyncpg.Record], bool]:
+    """One page of prospects, newest first, and whether more follow."""
+    parameters = page_parameters(
+        first=first, after=after, status=status, search=search, assigned_to=assigned_to
+    )
     # A filter or cursor the database cannot take (a NUL byte, a date out of range) is bad input.
     with database_errors():
-        rows = await pool.fetch(
-            QUERIES["prospects_page"],
-            status,
-            pattern,
-            assigned_to,
-            cursor_at,
-            cursor_id,
-            first + 1,
-            phone_digits(search) if search else None,
-        )
+        rows = await pool.fetch(QUERIES["prospects_page"], *parameters)
     return list(rows[:first]), len(rows) > first
 
 
