@@ -26,6 +26,7 @@ from resolvers.errors import (
     TooManyRequests,
     parse_id,
 )
+from resolvers.inputs import check_json_text
 from settings import Settings
 
 log = logging.getLogger("callfloor.rest")
@@ -93,6 +94,8 @@ async def _body(request: Request) -> dict[str, Any]:
         raise BadUserInput("Body must be JSON") from None
     if not isinstance(body, dict):
         raise BadUserInput("Body must be a JSON object")
+    # Once for the whole body: no NUL or unpaired surrogate reaches bcrypt or the database.
+    check_json_text(body, "body")
     return body
 
 

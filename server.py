@@ -36,6 +36,8 @@ from graph.extensions import present_error
 from graph.reads import CompiledReads, Rules
 from graph.responses import GRAPHQL_RESPONSE_JSON, is_request_error, prefers_graphql_response
 from graph.schema import create_schema
+from graph.subscriptions import TransportWSHandler
+from request_size import RequestSizeLimit
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.dialing import HeldBackCache
@@ -49,6 +51,8 @@ WALLBOARD_PAGE = Path(__file__).resolve().parent / "wallboard.html"
 
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context: pool, settings, actor, loaders and hub."""
+
+    graphql_transport_ws_handler_class = TransportWSHandler
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         pool: asyncpg.Pool = request.app.state.pool
@@ -188,7 +192,12 @@ def create_app(
             await pool.close()
             metrics.forget_this_worker()
 
-    schema = create_schema(max_depth=settings.max_query_depth, max_aliases=settings.max_aliases)
+    schema = create_schema(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_aliases,
+        max_bytes=settings.max_query_bytes,
+        max_fields=settings.max_query_fields,
+    )
     graphql = GraphQLApp(
         schema,
         graphql_ide="graphiql" if settings.graphiql else None,
@@ -201,7 +210,7 @@ def create_app(
     # Reads the compiler knows skip the view: one statement each (graph/reads.py).
     endpoint: Any = graphql
     if settings.compiled_reads:
-        rules = Rules(max_tokens=schema.max_tokens, validation_rules=schema.validation_rules)
+        rules = Rules(limits=schema.document_limits, validation_rules=schema.validation_rules)
         endpoint = CompiledReads(graphql, schema._schema, rules)
 
     async def home(request: Request) -> Response:
@@ -231,6 +240,8 @@ def create_app(
                 allow_headers=["Authorization", "Content-Type"],
                 expose_headers=["Retry-After"],
             ),
+            # Inside CORS, so a browser can read the 413 of a body too large.
+            Middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes),
         ],
         lifespan=lifespan,
     )

@@ -31,8 +31,10 @@ assignment has lapsed), and orderings that our server applies implicitly are spe
 
 --search measures callfloor alone (PostGraphile has no such filter) on a database of
 1,000,000 prospects: prospects(first: 20, filter: ...) per kind of term (rare, absent,
-common, email, company, phone digits written several ways) and the assignedTo and rare
-status filters.
+common, a full name, email, company, phone digits written several ways, digits of middling
+frequency, one- and two-letter terms, words that are common but never adjacent), per
+filter (assignedTo with lapsed and inactive assignments beside the live ones, a rare and a
+common status), their combinations, and later pages through the cursor (after).
 
 Usage: .venv/bin/python bench/peers.py [--seconds 10] [--clients 8] [--reads abcde]
                                      [--load auto|wrk|python] [--search]
@@ -788,19 +790,21 @@ SEARCH_COMPANIES = (
     "Nakatomi,Prestige Worldwide,Dunder Mifflin"
 )
 # $1 count, $2 first names (space-separated), $3 last names (same), $4 companies
-# (comma-separated), $5 now. Row n is n seconds old; a fifth have no company; phones are
-# +1646 and seven digits, distinct (7919 is prime to 10^7).
+# (comma-separated), $5 now. Row n is n seconds old; a fifth have no company; one in fifty
+# is Contacted, the rest New; phones are +1646 and seven digits, distinct (7919 is prime to
+# 10^7).
 INSERT_MANY_PROSPECTS = """
 WITH lists AS (
     SELECT string_to_array($2, ' ') AS firsts, string_to_array($3, ' ') AS lasts,
            string_to_array($4, ',') AS companies
 )
-INSERT INTO prospects (name, phone, email, company, created_at, updated_at)
+INSERT INTO prospects (name, phone, email, company, status, created_at, updated_at)
 SELECT f || ' ' || l,
        '+1646' || lpad(((n::bigint * 7919) % 10000000)::text, 7, '0'),
        lower(f) || '.' || lower(l) || n || '@'
            || (ARRAY['example.com', 'mail.test', 'corp.example'])[1 + n % 3],
        CASE WHEN n % 5 <> 0 THEN companies[1 + n % cardinality(companies)] END,
+       CASE WHEN n % 50 = 7 THEN 'Contacted' ELSE 'New' END,
        $5::timestamptz - make_interval(secs => n), $5::timestamptz - make_interval(secs => n)
 FROM lists, generate_series(1, $1::int) n,
      LATERAL (SELECT firsts[1 + n % cardinality(firsts)] AS f,
@@ -814,49 +818,75 @@ SELECT name, phone, email, company, status, $6::timestamptz - make_interval(secs
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int[])
      AS t(name, phone, email, company, status, age)
 """
-# $1 agent, $2 manager, $3 the creation times of the prospects to assign.
+# $1 agent, $2 manager, $3 the creation times of the prospects to assign, $4 until when
+# (NULL: no end), $5 active.
 INSERT_MANY_ASSIGNMENTS = """
-INSERT INTO lead_assignments (prospect_id, agent_id, assigned_by)
-SELECT id, $1, $2 FROM prospects WHERE created_at = ANY($3::timestamptz[])
+INSERT INTO lead_assignments (prospect_id, agent_id, assigned_by, expires_at, active)
+SELECT id, $1, $2, $4, $5 FROM prospects WHERE created_at = ANY($3::timestamptz[])
 """
+# $1 the creation times of the prospects to mark Callback.
+SET_CALLBACK = "UPDATE prospects SET status = 'Callback' WHERE created_at = ANY($1::timestamptz[])"
 SEARCH_DOCUMENT = """
-query Search($filter: ProspectFilter!) {
-  prospects(first: 20, filter: $filter) {
+query Search($filter: ProspectFilter!, $after: String) {
+  prospects(first: 20, after: $after, filter: $filter) {
     edges { node { id name phone email company status } }
-    pageInfo { hasNextPage }
+    pageInfo { hasNextPage endCursor }
   }
 }"""
 
 
 @dataclass(frozen=True)
 class SearchKind:
-    """One kind of filter and the value that stands for it."""
+    """One kind of filter, the value that stands for it, and which page of it is asked
+    (page 3 is asked with the cursor that ends page 2)."""
 
     kind: str
     filter: dict[str, str]
+    page: int = 1
 
 
 def search_kinds(agent_id: UUID) -> list[SearchKind]:
     """The kinds measured, each a filter our seed answers in a known way."""
+    agent = str(agent_id)
     return [
         SearchKind("rare name (1 row)", {"search": "Zebulon"}),
         SearchKind("absent term (0 rows)", {"search": "Xylophonist"}),
         SearchKind("common name (2% of rows)", {"search": "Smith"}),
+        SearchKind("common name, page 5", {"search": "Smith"}, page=5),
+        SearchKind("full name (500 rows)", {"search": "Mary Smith"}),
         SearchKind("email fragment (1 row)", {"search": "zebulon.q@"}),
         SearchKind("email domain (1/3 of rows)", {"search": "@mail.test"}),
         SearchKind("company, rare (3 rows)", {"search": "Vandelay"}),
         SearchKind("company, common (5%)", {"search": "Initech"}),
         SearchKind("phone 555-0123", {"search": "555-0123"}),
         SearchKind("phone (212) 555", {"search": "(212) 555"}),
+        SearchKind("phone (212) 555, page 2", {"search": "(212) 555"}, page=2),
         SearchKind("phone +1 212 555 0123", {"search": "+1 212 555 0123"}),
-        SearchKind("assignedTo (50 rows)", {"assignedTo": str(agent_id)}),
+        SearchKind("phone 2125550123", {"search": "2125550123"}),
+        SearchKind("digits 0123 (~600 rows)", {"search": "0123"}),
+        SearchKind("digits 555 (~1% of rows)", {"search": "555"}),
+        SearchKind("1 letter, rare (q)", {"search": "q"}),
+        SearchKind("2 letters, absent (xq)", {"search": "xq"}),
+        SearchKind("words apart (mail test)", {"search": "mail test"}),
+        SearchKind("assignedTo (50 live)", {"assignedTo": agent}),
+        SearchKind("assignedTo, page 2", {"assignedTo": agent}, page=2),
         SearchKind("status, rare (100 rows)", {"status": "Qualified"}),
+        SearchKind("status, rare, page 3", {"status": "Qualified"}, page=3),
+        SearchKind("status, common (2%)", {"status": "Contacted"}),
+        SearchKind("status + search", {"status": "Contacted", "search": "Smith"}),
+        SearchKind("status + rare search", {"status": "Qualified", "search": "Person 42"}),
+        SearchKind("assignedTo + status", {"assignedTo": agent, "status": "Callback"}),
+        SearchKind("assignedTo + search", {"assignedTo": agent, "search": "example"}),
+        SearchKind(
+            "assignedTo + status + search",
+            {"assignedTo": agent, "status": "Callback", "search": "mail"},
+        ),
     ]
 
 
 async def seed_search(url: str, count: int) -> UUID:
     """Migrate, then count prospects in one statement, a few rare ones at every age and
-    50 assignments to the reader; the reader's id."""
+    150 assignments to the reader (50 live); the reader's id."""
     await common.migrate_database(url, common.OPEN_CALLING_HOURS, common.LIFT_ATTEMPT_CAPS)
     connection = await asyncpg.connect(url, server_settings=SEEDING_SETTINGS)
     try:
@@ -903,11 +933,19 @@ async def seed_search(url: str, count: int) -> UUID:
             now,
             [row[5] for row in rare],
         )
+        # The reader's 50 live assignments at every age, ten of them Callback; and as many
+        # lapsed and as many inactive, which the assignedTo filter must leave out.
+        for offset, expires, active in ((11, None, True), (13, now, True), (17, None, False)):
+            await connection.execute(
+                INSERT_MANY_ASSIGNMENTS,
+                users[READER],
+                users[MANAGER],
+                [now - timedelta(seconds=k * (count // 50) + offset) for k in range(50)],
+                expires,
+                active,
+            )
         await connection.execute(
-            INSERT_MANY_ASSIGNMENTS,
-            users[READER],
-            users[MANAGER],
-            [now - timedelta(seconds=k * (count // 50) + 11) for k in range(50)],
+            SET_CALLBACK, [now - timedelta(seconds=k * (count // 50) + 11) for k in range(0, 50, 5)]
         )
         started = time.perf_counter()
         await connection.execute("VACUUM ANALYZE prospects")
@@ -960,19 +998,19 @@ def reads_table(reads: list[Read], results: list[Measured]) -> str:
     return "\n".join(lines)
 
 
-def search_table(rows: list[tuple[SearchKind, int, bool, Measured]]) -> str:
+def search_table(rows: list[tuple[SearchKind, int, bool, Measured]], reader: UUID) -> str:
     """Per kind of filter: what it found and how long it took."""
     header = (
-        f"{'kind':<28} {'filter':<28} {'found':>6} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9}"
+        f"{'kind':<30} {'filter':<44} {'found':>6} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9}"
         f" {'n':>5} {'server cpu ms':>14} {'pg cpu ms':>10}"
     )
     lines = [header, "-" * len(header)]
     for kind, found, more, result in rows:
-        value = json.dumps(kind.filter)[1:-1]
-        if len(value) > 28:
-            value = value[:25] + "..."
+        value = json.dumps(kind.filter)[1:-1].replace(str(reader), "reader")
+        if len(value) > 44:
+            value = value[:41] + "..."
         lines.append(
-            f"{kind.kind:<28} {value:<28} {str(found) + ('+' if more else ''):>6}"
+            f"{kind.kind:<30} {value:<44} {str(found) + ('+' if more else ''):>6}"
             f" {result.load.per_second:>8.2f} {result.load.p50_ms:>9.1f}"
             f" {result.load.p99_ms:>9.1f} {result.load.operations:>5}"
             f" {result.server_cpu_ms:>14.2f} {result.postgres_cpu_ms:>10.2f}"
@@ -995,6 +1033,7 @@ class Options:
     pool_size: int
     search: bool
     search_seconds: float
+    search_warmup: float
     search_clients: int
     search_min_requests: int
     search_prospects: int
@@ -1158,10 +1197,11 @@ def benchmark_search(options: Options, postgres: common.TemporaryPostgres, url: 
     print(
         f"data: {options.search_prospects + 133} prospects; prospects(first: 20, filter) "
         f"through callfloor, {options.search_clients} connection(s), {options.search_seconds:g}s "
-        f"and at least {options.search_min_requests} requests per kind, from an asyncio client."
+        f"and at least {options.search_min_requests} requests per kind after "
+        f"{options.search_warmup:g}s of warm-up, from an asyncio client."
     )
     print()
-    print(search_table(rows))
+    print(search_table(rows, reader_id))
     print()
     print(
         "found: prospects on the first page (+ when more follow). server cpu / pg cpu: CPU "
@@ -1191,7 +1231,12 @@ async def measure_search(
         driver = Driver(gauge, postgres.directory, None)
         rows: list[tuple[SearchKind, int, bool, Measured]] = []
         for kind in search_kinds(reader_id):
-            variables = {"filter": kind.filter}
+            variables: dict[str, Any] = {"filter": kind.filter, "after": None}
+            for _ in range(kind.page - 1):
+                data = await answers(ours, SEARCH_DOCUMENT, variables)
+                variables["after"] = data["prospects"]["pageInfo"]["endCursor"]
+                if not data["prospects"]["pageInfo"]["hasNextPage"]:
+                    raise ValueError(f"{kind.kind}: there is no page {kind.page}")
             data = await answers(ours, SEARCH_DOCUMENT, variables)
             found = len(data["prospects"]["edges"])
             more = bool(data["prospects"]["pageInfo"]["hasNextPage"])
@@ -1203,7 +1248,7 @@ async def measure_search(
                 callfloor_backends,
                 options.search_clients,
                 options.search_seconds,
-                0,
+                options.search_warmup,
                 min_requests=options.search_min_requests,
             )
             rows.append((kind, found, more, result))
@@ -1227,6 +1272,9 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument("--pool-size", type=int, default=20, help="database pool of each server")
     parser.add_argument("--search", action="store_true", help="the search filters instead")
     parser.add_argument("--search-seconds", type=float, default=5.0, help="seconds per kind")
+    parser.add_argument(
+        "--search-warmup", type=float, default=1.0, help="unmeasured seconds before each kind"
+    )
     parser.add_argument("--search-clients", type=int, default=1, help="concurrent searches")
     parser.add_argument(
         "--search-min-requests", type=int, default=10, help="requests per kind at least"
@@ -1235,7 +1283,13 @@ def parse_options(argv: list[str] | None) -> Options:
         "--search-prospects", type=int, default=SEARCH_PROSPECTS, help="prospects to seed"
     )
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0 or args.clients < 1 or args.search_clients < 1:
+    if (
+        args.seconds <= 0
+        or args.warmup < 0
+        or args.search_warmup < 0
+        or args.clients < 1
+        or args.search_clients < 1
+    ):
         parser.error("--seconds and the client counts must be positive")
     if not args.reads or set(args.reads) - set("abcde"):
         parser.error("--reads takes letters from a to e, e.g. --reads ace")
@@ -1250,6 +1304,7 @@ def parse_options(argv: list[str] | None) -> Options:
         pool_size=args.pool_size,
         search=args.search,
         search_seconds=args.search_seconds,
+        search_warmup=args.search_warmup,
         search_clients=args.search_clients,
         search_min_requests=args.search_min_requests,
         search_prospects=args.search_prospects,

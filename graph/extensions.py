@@ -7,9 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
-from graphql import GraphQLError
+from graphql import DocumentNode, GraphQLError
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types.execution import StreamExecutionResult
 
+from graph.documents import input_field_of
 from resolvers.errors import DomainError
 
 log = logging.getLogger("callfloor.graphql")
@@ -18,9 +22,13 @@ INTERNAL_MESSAGE = "Internal server error"
 UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly"
 
 # Losing the database is expected from time to time: the client hears so, with a code.
+# InternalClientError is how asyncpg reports a connection whose server went away mid-use
+# ("cannot switch to state 12; another operation is in progress" on a restart): the pool
+# drops that connection, and the same request succeeds once retried.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     TimeoutError,
 )
 
@@ -30,6 +38,12 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
 
 
+# Strawberry's refusals of a request it cannot run: no query, no operation of that name, an
+# operation type the transport does not take. HTTP answers them 400 itself; over a
+# WebSocket they arrive here as errors of the operation.
+_UNRUNNABLE_REQUESTS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+
+
 def is_database_unavailable(error: BaseException) -> bool:
     """Whether an error means the database cannot be reached right now."""
     if isinstance(error, asyncpg.PostgresError):
@@ -37,18 +51,29 @@ def is_database_unavailable(error: BaseException) -> bool:
     return isinstance(error, _UNAVAILABLE_ERRORS)
 
 
+def domain_error_in(error: BaseException | None) -> DomainError | None:
+    """The DomainError an error wraps, however deep (a scalar's check, under graphql-core's
+    errors about the variable or literal it refused), or None."""
+    while error is not None and not isinstance(error, DomainError):
+        error = error.original_error if isinstance(error, GraphQLError) else None
+    return error
+
+
 def classify(error: GraphQLError) -> tuple[str, str | None, dict[str, Any]]:
     """(code, replacement message or None to keep it, extra extensions) for an error."""
     original = error.original_error
     # Checked before original_error: a bad variable value wraps the scalar's own GraphQLError.
     if error.path is None and error.message.startswith("Variable"):
-        return "BAD_USER_INPUT", None, {}
+        domain = domain_error_in(error)
+        return "BAD_USER_INPUT", None, dict(domain.extensions) if domain else {}
     if original is None:
         if error.message.startswith("Syntax Error"):
             return "GRAPHQL_PARSE_FAILED", None, {}
         return "GRAPHQL_VALIDATION_FAILED", None, {}
     if isinstance(original, DomainError):
         return original.code, None, original.extensions
+    if isinstance(original, _UNRUNNABLE_REQUESTS):
+        return "BAD_USER_INPUT", None, {}
     if isinstance(original, GraphQLError):
         return classify(original)
     if is_database_unavailable(original):
@@ -58,14 +83,22 @@ def classify(error: GraphQLError) -> tuple[str, str | None, dict[str, Any]]:
 
 def is_expected(error: GraphQLError) -> bool:
     """Whether an error is the client's business rather than a bug to log."""
-    return classify(error)[0] != "INTERNAL_SERVER_ERROR"
+    code = (error.extensions or {}).get("code") or classify(error)[0]
+    return bool(code != "INTERNAL_SERVER_ERROR")
 
 
-def present_error(error: GraphQLError) -> GraphQLError:
-    """The error as the client sees it: a code always, internals never (idempotent)."""
+def present_error(error: GraphQLError, document: DocumentNode | None = None) -> GraphQLError:
+    """The error as the client sees it: a code always, internals never (idempotent).
+
+    With the document, a value a scalar refused (a date-time out of range) is named in
+    extensions.field by the argument or input field it was given to.
+    """
     if error.extensions and "code" in error.extensions:
         return error
     code, message, extensions = classify(error)
+    if document is not None and error.nodes and "field" not in extensions:
+        field = input_field_of(document, error.nodes[0]) if domain_error_in(error) else None
+        extensions = {**extensions, "field": field} if field else extensions
     return GraphQLError(
         message=message or error.message,
         nodes=error.nodes,
@@ -83,8 +116,18 @@ class ErrorCodes(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         yield
         result = self.execution_context.result
+        document = self.execution_context.graphql_document
         if result is not None and result.errors:
-            result.errors = [present_error(error) for error in result.errors]
+            result.errors = [present_error(error, document) for error in result.errors]
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        """The same for what a WebSocket streams: queries and mutations sent over it, and
+        subscription events, whose results never reach on_operation."""
+        errors = getattr(result, "errors", None)
+        document = self.execution_context.graphql_document
+        if errors:
+            result.errors = [present_error(e, document) for e in errors]  # type: ignore[union-attr]
+        yield
 
 
 def log_errors(errors: list[GraphQLError]) -> None:

@@ -45,6 +45,7 @@ from graphql import (
 from graphql.execution.values import VariableValues, get_argument_values, get_directive_values
 from graphql.language import Visitor
 
+from graph.documents import ParsedDocument
 from graph.types import MAX_HISTORY
 from resolvers import prospects
 from resolvers.errors import DomainError, parse_id
@@ -269,7 +270,7 @@ def _page(arguments: dict[str, Any]) -> Sequence[Any]:
 
 
 # The page query's parameters (resolvers.prospects.page_parameters) and their types.
-PAGE_PARAMETER_TYPES = ("text", "text", "uuid", "timestamptz", "uuid", "int", "text")
+PAGE_PARAMETER_TYPES = ("text", "text", "uuid", "timestamptz", "uuid", "int", "text", "int")
 
 
 # --- the compiler ----------------------------------------------------------------------
@@ -558,21 +559,13 @@ class Compiler:
 
 
 def prospects_page_source(page: list[str]) -> str:
-    """The page's rows (one more than asked, to tell whether more follow) as the named
-    query prospects_page finds them; placeholders in page_parameters() order."""
-    status, pattern, agent, cursor_at, cursor_id, limit, digits = page
+    """The page's rows (one more than asked, to tell whether more follow) from
+    prospects_page(), the function the prospects_page named query calls, so both paths
+    read the same rows by the same plan; placeholders in page_parameters() order."""
+    status, pattern, agent, cursor_at, cursor_id, limit, digits, walk = page
     return (
-        f"(SELECT * FROM prospects q "
-        f"WHERE ({status} IS NULL OR q.status = {status}) "
-        f"AND ({pattern} IS NULL OR q.name ILIKE '%' || {pattern} || '%' "
-        f"OR q.email ILIKE '%' || {pattern} || '%' "
-        f"OR q.company ILIKE '%' || {pattern} || '%' "
-        f"OR ({digits} IS NOT NULL AND q.phone LIKE '%' || {digits} || '%')) "
-        f"AND ({agent} IS NULL OR EXISTS (SELECT 1 FROM lead_assignments la "
-        f"WHERE la.prospect_id = q.id AND la.agent_id = {agent} "
-        f"AND assignment_is_live(la, now()))) "
-        f"AND ({cursor_at} IS NULL OR (q.created_at, q.id) < ({cursor_at}, {cursor_id})) "
-        f"ORDER BY q.created_at DESC, q.id DESC LIMIT {limit})"
+        f"prospects_page({status}, {pattern}, {digits}, {agent}, {cursor_at}, {cursor_id}, "
+        f"{limit}, {walk})"
     )
 
 
@@ -598,7 +591,7 @@ class DocumentPlans:
     """A validated query operation and its plans, one per value of its @skip/@include."""
 
     schema: GraphQLSchema
-    document: DocumentNode
+    parsed: ParsedDocument
     operation: OperationDefinitionNode
     operation_name: str | None
     directive_variables: tuple[str, ...]
@@ -612,7 +605,7 @@ class DocumentPlans:
                 return None
             try:
                 self.plans[key] = compile_operation(
-                    self.schema, self.document, self.operation, variables
+                    self.schema, self.parsed.document, self.operation, variables
                 )
             except NotCompiled:
                 self.plans[key] = None
@@ -635,9 +628,10 @@ def compile_operation(
 
 
 def plan_document(
-    schema: GraphQLSchema, document: DocumentNode, operation_name: str | None
+    schema: GraphQLSchema, parsed: ParsedDocument, operation_name: str | None
 ) -> DocumentPlans:
     """What can be compiled of a valid document's operation, or NotCompiled."""
+    document = parsed.document
     operation = get_operation_ast(document, operation_name)
     if operation is None or operation.operation != OperationType.QUERY:
         raise NotCompiled("not one query operation")
@@ -646,7 +640,7 @@ def plan_document(
     name = operation.name.value if operation.name else None
     return DocumentPlans(
         schema=schema,
-        document=document,
+        parsed=parsed,
         operation=operation,
         operation_name=name,
         directive_variables=tuple(sorted(finder.names)),

@@ -19,16 +19,21 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import orjson
-from graphql import GraphQLError, GraphQLSchema, parse
+from graphql import ASTValidationRule, GraphQLError, GraphQLSchema
 from graphql.execution.values import VariableValues, get_variable_values
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from strawberry.schema.schema import validate_document
 
 import metrics
+from graph.documents import (
+    DocumentLimits,
+    parse_document,
+    request_problem,
+    validate_document,
+    variables_problem,
+)
 from graph.read_plans import DocumentPlans, Fallback, NotCompiled, plan_document
 from graph.responses import GRAPHQL_RESPONSE_JSON, prefers_graphql_response
 from resolvers.auth import bearer_token, hash_token
@@ -45,10 +50,11 @@ STREAMING = (b"multipart/mixed", b"text/event-stream")
 
 @dataclass(frozen=True)
 class Rules:
-    """How the view parses and validates documents: the compiled path holds to the same."""
+    """How the view lets documents in (graph/documents.py): the compiled path holds to the
+    same, and shares its caches of parsed and validated documents."""
 
-    max_tokens: int
-    validation_rules: tuple[Any, ...]
+    limits: DocumentLimits
+    validation_rules: tuple[type[ASTValidationRule], ...]
 
 
 class CompiledReads:
@@ -105,8 +111,11 @@ class CompiledReads:
             or request.get("extensions") is not None
         ):
             return None
+        # Anything the view would refuse, it refuses itself, in its words.
+        if request_problem(query, inputs, operation_name, self.rules.limits) is not None:
+            return None
         document = self.document(query, operation_name)
-        if document is None:
+        if document is None or variables_problem(inputs, document.parsed) is not None:
             return None
         variables = get_variable_values(
             self.schema, document.operation.variable_definitions or (), inputs or {}
@@ -146,9 +155,9 @@ class CompiledReads:
             return self.documents[key]
         plans: DocumentPlans | None = None
         try:
-            document = parse(query, max_tokens=self.rules.max_tokens)
-            if not validate_document(self.schema, document, self.rules.validation_rules):
-                plans = plan_document(self.schema, document, operation_name)
+            parsed = parse_document(query, self.rules.limits)
+            if not validate_document(self.schema, parsed.document, self.rules.validation_rules):
+                plans = plan_document(self.schema, parsed, operation_name)
         except (GraphQLError, NotCompiled, RecursionError):
             plans = None
         self.documents[key] = plans

@@ -1,20 +1,15 @@
 """The schema: Query, Mutation and Subscription composed from the noun modules' fields,
-and its limits (depth, aliases, tokens), caches and error handling."""
+and its limits (size, tokens, fields, depth, aliases), caches and error handling."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import strawberry
 from graphql import ASTValidationRule, GraphQLError, specified_rules
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxTokensLimiter,
-    ParserCache,
-    ValidationCache,
-    query_depth_limiter,
-)
+from strawberry.extensions import AddValidationRules, query_depth_limiter
 from strawberry.extensions import max_aliases as max_aliases_limiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext, ExecutionResult
@@ -22,16 +17,22 @@ from strawberry.types.graphql import OperationType
 
 from graph.calls import CallMutations, CallQueries, CallSubscriptions, DispositionQueries
 from graph.dialing import DialingMutations, DialingQueries
+from graph.documents import DocumentChecks, DocumentLimits
 from graph.execution import SharedEventExecutionContext
 from graph.extensions import ErrorCodes, log_errors
 from graph.imports import ImportMutations
 from graph.privacy import PrivacyMutations
 from graph.prospects import AssignmentMutations, ProspectMutations, ProspectQueries
 from graph.reports import ReportQueries
-from graph.types import BIG_INT_SCALAR, BigInt
+from graph.types import BIG_INT_SCALAR, DATE_TIME_SCALAR, BigInt
 from graph.users import SessionMutations, SessionQueries, UserMutations, UserQueries
 from metrics import OperationMetrics
-from settings import DEFAULT_MAX_ALIASES, DEFAULT_MAX_QUERY_DEPTH
+from settings import (
+    DEFAULT_MAX_ALIASES,
+    DEFAULT_MAX_QUERY_BYTES,
+    DEFAULT_MAX_QUERY_DEPTH,
+    DEFAULT_MAX_QUERY_FIELDS,
+)
 
 MAX_TOKENS = 5000
 
@@ -73,9 +74,9 @@ class Subscription(CallSubscriptions):
 class CallfloorSchema(strawberry.Schema):
     """Logs unexpected errors whole; expected ones are the client's business."""
 
-    # What the view parses and validates documents with, for the compiled reads to hold
+    # How the view lets documents in (graph/documents.py), for the compiled reads to hold
     # to the same (graph/reads.py): set by create_schema().
-    max_tokens: int = MAX_TOKENS
+    document_limits: DocumentLimits
     validation_rules: tuple[type[ASTValidationRule], ...] = tuple(specified_rules)
 
     def process_errors(
@@ -109,22 +110,27 @@ class CallfloorSchema(strawberry.Schema):
 
 
 def create_schema(
-    max_depth: int = DEFAULT_MAX_QUERY_DEPTH, max_aliases: int = DEFAULT_MAX_ALIASES
+    max_depth: int = DEFAULT_MAX_QUERY_DEPTH,
+    max_aliases: int = DEFAULT_MAX_ALIASES,
+    max_bytes: int = DEFAULT_MAX_QUERY_BYTES,
+    max_fields: int = DEFAULT_MAX_QUERY_FIELDS,
 ) -> CallfloorSchema:
-    """The schema with its limits (depth, aliases), caches and error handling on."""
-    # The rule classes are made once: ValidationCache keys on them, so a document seen
-    # before skips parsing and validation entirely.
+    """The schema with its limits (size, tokens, fields, depth, aliases), caches and error
+    handling on."""
+    # The rule classes are made once: validation is cached per document and rules, so a
+    # document seen before skips parsing and validation entirely.
     limits: list[type[ASTValidationRule]] = [
         query_depth_limiter.create_validator(max_depth, should_ignore=None),
         max_aliases_limiter.create_validator(max_aliases),
     ]
+    document_limits = DocumentLimits(
+        max_bytes=max_bytes, max_tokens=MAX_TOKENS, max_fields=max_fields
+    )
     extensions: list[Any] = [
         OperationMetrics,
-        # Refuses absurdly long documents before parsing them at all.
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        # Refuses what is too big or not text before parsing or validating it.
+        lambda: DocumentChecks(document_limits),
         lambda: AddValidationRules(limits),
-        ParserCache,
-        ValidationCache,
         ErrorCodes,
     ]
     schema = CallfloorSchema(
@@ -132,8 +138,10 @@ def create_schema(
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        config=StrawberryConfig(scalar_map={BigInt: BIG_INT_SCALAR}),
+        config=StrawberryConfig(scalar_map={BigInt: BIG_INT_SCALAR, datetime: DATE_TIME_SCALAR}),
         execution_context_class=SharedEventExecutionContext,
     )
+    schema.document_limits = document_limits
+    # As Strawberry's execution context holds them once AddValidationRules has run.
     schema.validation_rules = (*specified_rules, *limits)
     return schema

@@ -14,12 +14,14 @@ from uuid import UUID
 import asyncpg
 import strawberry
 from strawberry.dataloader import DataLoader
+from strawberry.schema.types.base_scalars import DateTimeDefinition
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
 from graph.context import Context
 from resolvers.errors import BadUserInput
 from resolvers.events import CallEvent
+from resolvers.inputs import check_date_time
 
 GraphInfo = Info[Context, None]
 # Event numbers outgrow GraphQL's 32-bit Int; JSON numbers carry them exactly to 2**53.
@@ -28,6 +30,19 @@ BIG_INT_SCALAR = strawberry.scalar(
     name="BigInt", serialize=int, parse_value=int, description="A 64-bit integer."
 )
 MAX_HISTORY = 100
+
+
+def _parse_date_time(value: object) -> datetime:
+    """Strawberry's ISO 8601 parsing, then the range the database can hold."""
+    assert DateTimeDefinition.parse_value is not None
+    parsed: datetime = DateTimeDefinition.parse_value(value)
+    return check_date_time(parsed)
+
+
+# Strawberry's DateTime (same name, description and output), with every input, variable or
+# literal, checked where it enters: past PostgreSQL's range it is BAD_USER_INPUT instead of
+# an OverflowError or DataError deep in a resolver.
+DATE_TIME_SCALAR = dataclasses.replace(DateTimeDefinition, parse_value=_parse_date_time)
 
 
 def _uuid(value: object) -> UUID:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from sql.queries import QUERIES
 
 MAX_PAGE_SIZE = 100
 MAX_SEARCH_LENGTH = 200
+# How many prospects a filtered page of 20 reads in list order before an index finds the
+# rest (prospects_page() in sql/functions/prospects.sql; the figures behind it:
+# docs/search.md). Larger pages walk further: see walk_budget().
+FILTER_WALK_BUDGET = 2000
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,11 @@ async def get_prospect(pool: asyncpg.Pool, prospect_id: UUID) -> asyncpg.Record:
     return record
 
 
+# The prospects_page query's parameters: status, search pattern, agent, cursor time and
+# id, rows to read (one more than the page, to tell whether more follow), phone digits,
+# walk budget.
 PageParameters = tuple[
-    str | None, str | None, UUID | None, datetime | None, UUID | None, int, str | None
+    str | None, str | None, UUID | None, datetime | None, UUID | None, int, str | None, int
 ]
 
 
@@ -76,9 +84,8 @@ def page_parameters(
     search: str | None,
     assigned_to: UUID | None,
 ) -> PageParameters:
-    """The prospects_page query's parameters for a page, or BAD_USER_INPUT: status,
-    search pattern, agent, cursor time and id, rows to read (one more than the page, to
-    tell whether more follow), phone digits."""
+    """The prospects_page query's parameters for a page, or BAD_USER_INPUT; shared with
+    the compiled reads (graph/read_plans.py), so both ask prospects_page() the same."""
     if not 0 <= first <= MAX_PAGE_SIZE:
         raise BadUserInput(f"first must be between 0 and {MAX_PAGE_SIZE}", field="first")
     if search is not None:
@@ -86,12 +93,9 @@ def page_parameters(
     if search is not None and len(search) > MAX_SEARCH_LENGTH:
         raise BadUserInput("search is too long", field="search")
     cursor_at, cursor_id = decode_cursor(after) if after else (None, None)
-    # Escape LIKE wildcards so a search for "50%" means the text "50%".
-    pattern = (
-        search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if search else None
-    )
+    pattern = like_pattern(search) if search else None
     digits = phone_digits(search) if search else None
-    return status, pattern, assigned_to, cursor_at, cursor_id, first + 1, digits
+    return status, pattern, assigned_to, cursor_at, cursor_id, first + 1, digits, walk_budget(first)
 
 
 async def list_prospects(
@@ -111,6 +115,22 @@ async def list_prospects(
     with database_errors():
         rows = await pool.fetch(QUERIES["prospects_page"], *parameters)
     return list(rows[:first]), len(rows) > first
+
+
+def walk_budget(first: int) -> int:
+    """How many prospects a page of `first` walks before an index finds the rest.
+
+    Walking costs about (rows wanted) / (density of matches); the index costs about the
+    number of matches, (density) x (prospects). The two meet where the walk has read
+    sqrt(rows wanted x prospects), so the budget grows with the square root of the page.
+    """
+    return round(FILTER_WALK_BUDGET * math.sqrt(max(first, 20) / 20))
+
+
+def like_pattern(search: str) -> str:
+    """The search text as a LIKE pattern that matches it literally: its wildcards escaped,
+    so a search for "50%" means the text "50%"."""
+    return search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _clean_text(value: str | None) -> str | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 FUNCTIONS_DIR = Path(__file__).resolve().parent / "functions"
@@ -112,6 +113,8 @@ async def migrate(
     migrations by name, then the function files whose text changed (functions/<file>)."""
     migrations = read_migrations(directory)
     function_files = read_function_files(functions_directory)
+    # A migration's warnings are meant for the operator (018's, when pg_trgm is missing).
+    connection.add_log_listener(_log_warning)
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await connection.execute(
@@ -133,6 +136,14 @@ async def migrate(
         return done + changed
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        connection.remove_log_listener(_log_warning)
+
+
+def _log_warning(
+    connection: asyncpg.Connection | PoolConnectionProxy, message: asyncpg.PostgresLogMessage
+) -> None:
+    if message.severity_en == "WARNING":
+        log.warning("%s", message.message)
 
 
 async def _apply_migrations(

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from helpers import (
     IN_CI,
+    OPEN_ALL_HOURS_WITHOUT_CAPS,
     Api,
     PgBouncer,
     Team,
@@ -31,14 +32,6 @@ from helpers import (
 from settings import Settings
 from sql import database
 from sql.migrator import migrate
-
-# Tests about other things must not depend on the hour CI runs at or trip attempt caps;
-# tests of the dialing rules set the rules they test (see test_dialing_rules.py).
-OPEN_ALL_HOURS_WITHOUT_CAPS = """
-UPDATE calling_hours SET opens_at = '00:00', closes_at = '24:00';
-UPDATE dialing_rules SET max_attempts_total = 1000000, max_attempts_per_day = 1000000,
-                         max_attempts_per_number_24h = 1000000;
-"""
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import json
 import os
 import pwd
 import shutil
@@ -89,6 +90,14 @@ def wait_until_blocking(
 # ---------------------------------------------------------------------------------------
 # Databases.
 
+# Tests about other things must not depend on the hour CI runs at or trip attempt caps;
+# tests of the dialing rules set the rules they test (see test_dialing_rules.py).
+OPEN_ALL_HOURS_WITHOUT_CAPS = """
+UPDATE calling_hours SET opens_at = '00:00', closes_at = '24:00';
+UPDATE dialing_rules SET max_attempts_total = 1000000, max_attempts_per_day = 1000000,
+                         max_attempts_per_number_24h = 1000000;
+"""
+
 
 async def drop_database(admin_url: str, name: str) -> None:
     """Drop a database even if something still holds a connection to it."""
@@ -143,10 +152,11 @@ class Api:
         self, query: str, variables: dict[str, Any] | None = None, token: str | None = None
     ) -> dict[str, Any]:
         """POST /graphql; returns the whole response body."""
-        headers = bearer(token) if token else {}
-        response = await self.client.post(
-            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
-        )
+        headers = {"content-type": "application/json", **(bearer(token) if token else {})}
+        # json.dumps escapes what is not ASCII, so a test may send any str, an unpaired
+        # surrogate included (httpx's own encoder would refuse to encode one).
+        body = json.dumps({"query": query, "variables": variables or {}})
+        response = await self.client.post("/graphql", content=body, headers=headers)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
@@ -244,6 +254,53 @@ async def running_server(
         httpx.AsyncClient(base_url=base_url, timeout=30) as client,
     ):
         yield Api(base_url=base_url, client=client, app=app)
+
+
+# ---------------------------------------------------------------------------------------
+# Plans: what PostgreSQL runs, nested statements included.
+
+
+@asynccontextmanager
+async def traced_connection(
+    database_url: str, arrange: str = ""
+) -> AsyncIterator[tuple[asyncpg.Connection, list[str]]]:
+    """A connection whose every statement, those run inside functions included, logs its
+    plan to us through auto_explain (read them with read_plans), after running `arrange`
+    untraced; skips where auto_explain is missing."""
+    connection = await asyncpg.connect(database_url)
+    plans: list[str] = []
+    try:
+        if arrange:
+            await connection.execute(arrange)
+        try:
+            await connection.execute("LOAD 'auto_explain'")
+        except asyncpg.PostgresError as error:
+            pytest.skip(f"auto_explain cannot be loaded on this server: {error}")
+        await connection.execute(
+            """
+            SET auto_explain.log_min_duration = 0;
+            SET auto_explain.log_nested_statements = on;
+            SET auto_explain.log_verbose = on;
+            SET auto_explain.log_format = json;
+            SET client_min_messages = log;
+            """
+        )
+        connection.add_log_listener(lambda _c, message: plans.append(str(message.message)))
+        yield connection, plans
+    finally:
+        await connection.close()
+
+
+def read_plans(messages: list[str]) -> list[dict[str, Any]]:
+    """The plan trees auto_explain logged (JSON after "plan:")."""
+    return [json.loads(m.split("plan:", 1)[1])["Plan"] for m in messages if "plan:" in m]
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a JSON plan."""
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
 
 
 # ---------------------------------------------------------------------------------------

@@ -824,6 +824,23 @@ async def test_agents_cannot_manage_the_rules(api: Api, team: Team) -> None:
         assert await api.error_code(mutation, token=team.agent["token"]) == "FORBIDDEN"
 
 
+async def test_hours_closing_at_24_00_written_in_sql_are_read_back(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    """'24:00' is how psql users (and the test template) write the end of the day; reading
+    it back was INTERNAL_SERVER_ERROR (Python's time stops at 23:59:59.999999). Found by
+    tests/test_fuzz.py."""
+    await pool.execute("UPDATE calling_hours SET opens_at = '08:00', closes_at = '24:00'")
+    data = await api.data(
+        "{ callingHours { weekday opensAt closesAt } }", token=team.agent["token"]
+    )
+    assert {(row["opensAt"], row["closesAt"]) for row in data["callingHours"]} == {
+        ("08:00", "24:00")
+    }
+    assert len(data["callingHours"]) == await pool.fetchval("SELECT count(*) FROM calling_hours")
+    assert await pool.fetchval("SELECT bool_and(closes_at = '24:00') FROM calling_hours")
+
+
 async def test_managers_tune_the_rules(api: Api, team: Team, pool: asyncpg.Pool) -> None:
     token = team.manager["token"]
     hours = await api.data(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from helpers import (
 
 from resolvers import do_not_call_imports
 from resolvers.errors import BadUserInput
+from settings import Settings
 
 IMPORT = """
 mutation($csv: String!, $scope: String, $reason: String, $expiresAt: DateTime,
@@ -38,6 +39,15 @@ mutation($csv: String!, $scope: String, $reason: String, $expiresAt: DateTime,
   }
 }
 """
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Imports take files up to 10 MB (MAX_CSV_BYTES) through the API once the operator
+    raises MAX_REQUEST_BYTES above them; these tests run with it raised."""
+    return replace(settings, max_request_bytes=12 * 1024 * 1024)
+
+
 NEXT_LEAD = "mutation { nextLead { nothingCallable callLogId prospect { id phone } } }"
 ADD = "mutation($n: String!, $e: DateTime) { addDoNotCall(phone: $n, expiresAt: $e) { id } }"
 # The tables an import could touch, to compare before and after.

@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from resolvers import archive, mock_store, prospect_imports
 from resolvers.bulk_phones import PhoneNormalizer
 from resolvers.errors import BadUserInput
 from resolvers.phones import normalize_phone, phone_time_zones
+from settings import Settings
 
 SAMPLES = ROOT / "samples"
 
@@ -36,6 +38,14 @@ mutation($csv: String!, $mode: ImportMode! = SKIP, $dryRun: Boolean! = false,
   }
 }
 """
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Imports take files up to 10 MB (MAX_CSV_BYTES) through the API once the operator
+    raises MAX_REQUEST_BYTES above them; these tests run with it raised."""
+    return replace(settings, max_request_bytes=12 * 1024 * 1024)
+
 
 # The tables an import may touch, to compare before and after.
 TABLES = ("users", "prospects", "call_logs", "prospect_status_log", "lead_assignments")

@@ -96,7 +96,8 @@ async def test_a_rolled_back_call_never_shows(api: Api, team: Team, pool: asyncp
 
 async def test_bad_or_missing_token_closes_with_4403(api: Api, team: Team) -> None:
     url = api.base_url.replace("http", "ws") + "/graphql"
-    for payload in ({"token": "not-a-token"}, {}, {"Authorization": "Bearer nope"}):
+    # A null payload is allowed by the protocol and carries no token: 4403 too, not 4400.
+    for payload in ({"token": "not-a-token"}, {}, {"Authorization": "Bearer nope"}, None):
         async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
             await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
             with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -161,6 +162,10 @@ async def test_subscriptions_per_connection_are_bounded(
             assert sorted(r["type"] for r in replies) == ["error", "next", "next"]
             [refused] = [r for r in replies if r["type"] == "error"]
             assert refused["id"] == "2"
+            assert [error["extensions"]["code"] for error in refused["payload"]] == [
+                "TOO_MANY_REQUESTS"
+            ]
+            assert refused["payload"][0]["message"] == "At most 2 subscriptions per connection"
 
 
 @asynccontextmanager

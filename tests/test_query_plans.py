@@ -8,11 +8,11 @@ scan would be the planner's choice if the conditions hid the indexes from it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from helpers import nodes, read_plans, traced_connection
 
 PROSPECTS = 30_000
 
@@ -77,39 +77,8 @@ CONDITIONS = (
 @pytest.fixture
 async def traced(database_url: str) -> AsyncIterator[tuple[asyncpg.Connection, list[str]]]:
     """A connection whose every statement, nested ones included, logs its plan to us."""
-    connection = await asyncpg.connect(database_url)
-    plans: list[str] = []
-    try:
-        await connection.execute(ARRANGE)
-        try:
-            await connection.execute("LOAD 'auto_explain'")
-        except asyncpg.PostgresError as error:
-            pytest.skip(f"auto_explain cannot be loaded on this server: {error}")
-        await connection.execute(
-            """
-            SET auto_explain.log_min_duration = 0;
-            SET auto_explain.log_nested_statements = on;
-            SET auto_explain.log_verbose = on;
-            SET auto_explain.log_format = json;
-            SET client_min_messages = log;
-            """
-        )
-        connection.add_log_listener(lambda _c, message: plans.append(str(message.message)))
-        yield connection, plans
-    finally:
-        await connection.close()
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every node of a JSON plan."""
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
-
-
-def read_plans(messages: list[str]) -> list[dict[str, Any]]:
-    """The plan trees auto_explain logged (JSON after "plan:")."""
-    return [json.loads(m.split("plan:", 1)[1])["Plan"] for m in messages if "plan:" in m]
+    async with traced_connection(database_url, ARRANGE) as traced:
+        yield traced
 
 
 async def test_next_lead_start_and_end_read_through_indexes(

@@ -41,8 +41,11 @@ ORDER BY added_at DESC, id
 LIMIT $3;
 
 -- name: calling_hours
--- The calling window per weekday (0 = Sunday).
-SELECT weekday, opens_at, closes_at FROM calling_hours ORDER BY weekday;
+-- The calling window per weekday (0 = Sunday). PostgreSQL takes '24:00' for the end of
+-- the day (psql users write it), which Python's time cannot hold: it comes back as the
+-- day's last microsecond, what the API itself stores for 24:00.
+SELECT weekday, opens_at, least(closes_at, time '23:59:59.999999') AS closes_at
+FROM calling_hours ORDER BY weekday;
 
 -- name: clear_calling_hours
 -- Close every weekday (before inserting the new week in the same transaction).

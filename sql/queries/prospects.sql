@@ -13,25 +13,15 @@ SELECT id, name, phone, email, company, status, last_call, created_at, updated_a
 FROM prospects WHERE id = ANY($1::uuid[]);
 
 -- name: prospects_page
--- A page of prospects, newest first, keyset-paginated on (created_at, id).
--- $1 status or NULL, $2 search text or NULL, $3 assigned agent or NULL,
--- $4 cursor created_at or NULL, $5 cursor id or NULL, $6 page size + 1,
--- $7 phone digits to match or NULL.
-SELECT p.id, p.name, p.phone, p.email, p.company, p.status, p.last_call, p.created_at, p.updated_at,
-       p.time_zone, p.priority, prospect_time_zones(p.queue_zones) AS time_zones
-FROM prospects p
-WHERE ($1::text IS NULL OR p.status = $1)
-  AND ($2::text IS NULL
-       OR p.name ILIKE '%' || $2 || '%'
-       OR p.email ILIKE '%' || $2 || '%'
-       OR p.company ILIKE '%' || $2 || '%'
-       OR ($7::text IS NOT NULL AND p.phone LIKE '%' || $7 || '%'))
-  AND ($3::uuid IS NULL OR EXISTS (
-        SELECT 1 FROM lead_assignments la
-        WHERE la.prospect_id = p.id AND la.agent_id = $3 AND assignment_is_live(la, now())))
-  AND ($4::timestamptz IS NULL OR (p.created_at, p.id) < ($4, $5::uuid))
-ORDER BY p.created_at DESC, p.id DESC
-LIMIT $6;
+-- A page of prospects, newest first, keyset-paginated on (created_at, id): prospects_page()
+-- (functions/prospects.sql) picks the plan. $1 status or NULL, $2 search text (a LIKE
+-- pattern, wildcards escaped) or NULL, $3 assigned agent or NULL, $4 cursor created_at or
+-- NULL, $5 cursor id or NULL, $6 page size + 1, $7 phone digits to match or NULL, $8 how
+-- many prospects to walk in list order before an index finds the rest.
+SELECT id, name, phone, email, company, status, last_call, created_at, updated_at,
+       time_zone, priority, prospect_time_zones(queue_zones) AS time_zones
+FROM prospects_page($1, $2, $7, $3, $4, $5, $6, $8)
+ORDER BY created_at DESC, id DESC;
 
 -- name: insert_prospect
 -- A new prospect. $1 name, $2 E.164 phone, $3 email, $4 company, $5 status or NULL for the
