@@ -202,9 +202,11 @@ class Parameters:
         return len(self.groups) - 1
 
     def slot(self, group: int, position: int, sql_type: str) -> str:
-        """The placeholder of one value of a group, cast to its type."""
-        self.slots.append((group, position))
-        return f"${len(self.slots) + 1}::{sql_type}"
+        """The placeholder of one value of a group, cast to its type: made on first use
+        (PostgreSQL refuses a parameter the statement never reads), the same thereafter."""
+        if (group, position) not in self.slots:
+            self.slots.append((group, position))
+        return f"${self.slots.index((group, position)) + 2}::{sql_type}"
 
     def values(self, token_hash: bytes, variables: VariableValues) -> list[Any]:
         """Every parameter for one request; Fallback when an argument would be refused."""
@@ -477,11 +479,15 @@ class Compiler:
             self.parameters.slot(group, position, sql_type)
             for position, sql_type in enumerate(PAGE_PARAMETER_TYPES)
         ]
-        first = self.parameters.slot(group, len(PAGE_PARAMETER_TYPES), "int")
-        has_previous = self.parameters.slot(group, len(PAGE_PARAMETER_TYPES) + 1, "boolean")
+
+        def first() -> str:
+            return self.parameters.slot(group, len(PAGE_PARAMETER_TYPES), "int")
+
+        def has_previous() -> str:
+            return self.parameters.slot(group, len(PAGE_PARAMETER_TYPES) + 1, "boolean")
+
         rows = self.alias()
         cursor = f"graphql_prospect_cursor({rows}.created_at, {rows}.id)"
-        on_page = f"{rows}.graphql_row <= {first}"
         entries = []
         for key, field_nodes in self.collect(
             "ProspectConnection", [node.selection_set for node in nodes]
@@ -493,7 +499,7 @@ class Compiler:
                 edge = self.edge(field_nodes, rows, cursor)
                 value = (
                     f"coalesce(json_agg({edge} ORDER BY {rows}.graphql_row) "
-                    f"FILTER (WHERE {on_page}), '[]')"
+                    f"FILTER (WHERE {rows}.graphql_row <= {first()}), '[]')"
                 )
             elif name == "pageInfo":
                 value = self.page_info(field_nodes, rows, cursor, first, has_previous)
@@ -525,7 +531,12 @@ class Compiler:
         return f"json_build_object({', '.join(entries)})"
 
     def page_info(
-        self, nodes: list[FieldNode], rows: str, cursor: str, first: str, has_previous: str
+        self,
+        nodes: list[FieldNode],
+        rows: str,
+        cursor: str,
+        first: Callable[[], str],
+        has_previous: Callable[[], str],
     ) -> str:
         entries = []
         for key, field_nodes in self.collect("PageInfo", [n.selection_set for n in nodes]).items():
@@ -533,14 +544,16 @@ class Compiler:
             if name == "__typename":
                 value = "'PageInfo'::text"
             elif name == "hasNextPage":
-                value = f"count(*) > {first}"
+                value = f"count(*) > {first()}"
             elif name == "hasPreviousPage":
-                value = has_previous
+                value = has_previous()
             elif name == "startCursor":
-                value = f"max(CASE WHEN {rows}.graphql_row = 1 AND 1 <= {first} THEN {cursor} END)"
+                value = (
+                    f"max(CASE WHEN {rows}.graphql_row = 1 AND 1 <= {first()} THEN {cursor} END)"
+                )
             elif name == "endCursor":
                 value = (
-                    f"max(CASE WHEN {rows}.graphql_row = least({rows}.graphql_rows, {first}) "
+                    f"max(CASE WHEN {rows}.graphql_row = least({rows}.graphql_rows, {first()}) "
                     f"THEN {cursor} END)"
                 )
             else:
