@@ -34,7 +34,7 @@ from graph.documents import (
     validate_document,
     variables_problem,
 )
-from graph.read_plans import DocumentPlans, Fallback, NotCompiled, plan_document
+from graph.read_plans import DocumentPlans, NotCompiled, plan_document
 from graph.responses import GRAPHQL_RESPONSE_JSON, prefers_graphql_response
 from resolvers.auth import bearer_token, hash_token
 
@@ -127,14 +127,21 @@ class CompiledReads:
             return None
         try:
             arguments = plan.arguments(hash_token(token), variables)
-        except Fallback:
+        except Exception:
+            # Fallback: an argument the resolver refuses. Anything else (first: null makes
+            # the resolver fail too) is the view's to answer as it always has.
             return None
         pool: asyncpg.Pool = scope["app"].state.pool
         try:
             answer: bytes | None = await pool.fetchval(plan.sql, *arguments)
+        except asyncpg.SyntaxOrAccessError:
+            # A statement PostgreSQL cannot run at all (class 42) is the compiler's bug:
+            # the view still answers, and the operator hears of it.
+            log.warning("compiled read fell back", exc_info=True)
+            return None
         except Exception as error:
             # The view answers it again, with its code (SERVICE_UNAVAILABLE, BAD_USER_INPUT
-            # for a value the database refuses); anything else is worth a look.
+            # for a value the database refuses).
             log.debug("compiled read fell back: %r", error)
             return None
         if answer is None:
