@@ -10,6 +10,8 @@ path answered, so a case meant for the compiled path cannot pass by falling back
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,8 +19,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from graphql import GraphQLObjectType, is_non_null_type
 from helpers import Api, Team, add_user, bearer, parse_scrape, running_server
 
+from graph.read_plans import SCALARS
+from graph.schema import create_schema
 from settings import Settings
 
 # ---------------------------------------------------------------------------------------
@@ -221,6 +226,42 @@ query ActiveCalls {
 }
 """
 
+# The reads bench/peers.py measures, as it writes them: (a) to (e).
+BENCH_PROSPECT = """
+query Prospect($id: ID!) {
+  prospect(id: $id) {
+    id name phone status
+    callHistory(first: 5) { id startedAt outcome }
+  }
+}"""
+BENCH_PAGE = """
+query Page($first: Int!) {
+  prospects(first: $first) { edges { node { id name phone status } } }
+}"""
+BENCH_PAGE_NESTED = """
+query PageNested($first: Int!) {
+  prospects(first: $first) {
+    edges {
+      node {
+        id name phone status
+        activeCall { id callerId startedAt }
+        assignment { agentId expiresAt }
+        callHistory(first: 5) { id startedAt outcome }
+      }
+    }
+  }
+}"""
+BENCH_ACTIVE_CALLS = """
+query ActiveCalls {
+  activeCalls { id prospectId callerId startedAt prospectName callerName }
+}"""
+BENCH_STATUS_HISTORY = """
+query StatusHistory($id: ID!) {
+  prospect(id: $id) {
+    statusHistory(first: 20) { id oldStatus newStatus changedById createdAt }
+  }
+}"""
+
 TWO_OPERATIONS = """
 query One($id: ID!) { prospect(id: $id) { name } }
 query Two { activeCalls { id } }
@@ -247,7 +288,19 @@ def corpus(ids: dict[str, str]) -> list[Case]:
     quiet = ids["Prospect 7"]  # no calls, no email, no assignment, no active call
     assigned = ids["Prospect 20"]  # assigned with an expiry, Contacted
     unknown = "00000000-0000-4000-8000-000000000000"
+    bench = [
+        case
+        for role in ("agent", "manager", "admin")
+        for case in (
+            Case(f"bench (a), {role}", BENCH_PROSPECT, {"id": called}, token=role),
+            Case(f"bench (b), {role}", BENCH_PAGE, {"first": 50}, token=role),
+            Case(f"bench (c), {role}", BENCH_PAGE_NESTED, {"first": 50}, token=role),
+            Case(f"bench (d), {role}", BENCH_ACTIVE_CALLS, token=role),
+            Case(f"bench (e), {role}", BENCH_STATUS_HISTORY, {"id": assigned}, token=role),
+        )
+    ]
     return [
+        *bench,
         Case("everything, on a call", PROSPECT_ALL, {"id": active}),
         Case("everything, called", PROSPECT_ALL, {"id": called}),
         Case("everything, nothing to show", PROSPECT_ALL, {"id": quiet}),
@@ -326,6 +379,24 @@ def corpus(ids: dict[str, str]) -> list[Case]:
             compiled=False,
         ),
         Case("a missing variable", PAGE_NESTED, compiled=False),
+        Case("first: null", PAGE, {"first": None}, compiled=False),
+        Case(
+            "literal arguments",
+            '{ prospects(first: 3, filter: {status: "Attempted", search: "1"}) '
+            "{ edges { node { id status } } pageInfo { hasPreviousPage } } }",
+        ),
+        Case(
+            "an error deep in a list",
+            "{ activeCalls { id prospect { name callHistory(first: 101) { id } } } }",
+            compiled=False,
+        ),
+        Case(
+            "an error deep in a page",
+            "query($n: Int!) { prospects(first: 2) { edges { node { activeCall { prospect "
+            "{ statusHistory(first: $n) { id } } } } } } }",
+            {"n": 1000},
+            compiled=False,
+        ),
         Case("a variable of the wrong type", PAGE_NESTED, {"first": "x"}, compiled=False),
         Case("an unknown field", "{ prospects { edges { node { shoeSize } } } }", compiled=False),
         Case("a syntax error", "{ prospects { ", compiled=False),
@@ -384,10 +455,16 @@ def _resolve(value: Any, servers: Servers) -> Any:
     return value
 
 
+def ordered(text: str) -> Any:
+    """The JSON with each object as its list of (key, value) pairs, in order."""
+    return json.loads(text, object_pairs_hook=list)
+
+
 async def test_compiled_reads_answer_as_graphql_core(servers: Servers) -> None:
     tokens = {
         "agent": servers.team.agent["token"],
         "manager": servers.team.manager["token"],
+        "admin": servers.team.admin["token"],
     }
     for case in corpus(servers.ids):
         case.variables = _resolve(case.variables, servers)
@@ -403,7 +480,8 @@ async def test_compiled_reads_answer_as_graphql_core(servers: Servers) -> None:
                 header,
             )
         if reference.headers.get("content-type", "").startswith("application/"):
-            assert compiled.json() == reference.json(), case.name
+            # Keys in order too: a response follows the order of the selection.
+            assert ordered(compiled.text) == ordered(reference.text), case.name
             if case.compiled:
                 assert "errors" not in compiled.json(), case.name
         else:
@@ -452,6 +530,27 @@ async def test_a_revoked_token_is_refused_at_once(servers: Servers, pool: asyncp
     assert (await servers.compiled.data(query, token=token))["viewer"]["email"]
     await pool.execute("UPDATE users SET active = false WHERE email = 'agent1@test.example'")
     assert await servers.compiled.error_code(query, token=token) == "UNAUTHENTICATED"
+
+
+async def test_sessions_that_ended_are_refused_alike(servers: Servers, pool: asyncpg.Pool) -> None:
+    """An expired session, a logged-out one, a deactivated user: graphql-core answers."""
+    expired = await add_user(pool, servers.compiled, "expired@test.example", "agent")
+    logged_out = await add_user(pool, servers.compiled, "out@test.example", "manager")
+    deactivated = await add_user(pool, servers.compiled, "gone@test.example", "admin")
+    await pool.execute(
+        "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1::uuid",
+        expired["id"],
+    )
+    assert await servers.compiled.data("mutation { logout }", token=logged_out["token"])
+    await pool.execute("UPDATE users SET active = false WHERE id = $1::uuid", deactivated["id"])
+    answered = servers.counters.answered
+    for user in (expired, logged_out, deactivated):
+        for query, variables in ((BENCH_PAGE, {"first": 5}), (BENCH_ACTIVE_CALLS, None)):
+            compiled = await servers.compiled.graphql(query, variables, user["token"])
+            reference = await servers.reference.graphql(query, variables, user["token"])
+            assert compiled == reference
+            assert compiled["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert servers.counters.answered == answered
 
 
 async def test_many_users_at_once_each_get_their_own_answer(
@@ -506,3 +605,37 @@ async def test_compiled_requests_are_counted_in_the_metrics(
         assert api.app.state.compiled_reads.answered == answered + 3
         assert await count("CountedRead", "OK") == before + 3
         assert await count("CountedRead", "UNAUTHENTICATED") == unauthenticated + 1
+
+
+# The table each compiled type is read from (graph/read_plans.py).
+TABLES = {
+    "User": "users",
+    "Prospect": "prospects",
+    "CallLog": "call_logs",
+    "ActiveCall": "active_calls",
+    "StatusChange": "prospect_status_log",
+    "LeadAssignment": "lead_assignments",
+}
+
+
+async def test_non_null_fields_read_columns_that_hold_no_null(pool: asyncpg.Pool) -> None:
+    """PostgreSQL writes a null where graphql-core would answer an error for one, so a
+    non-null field may only read a column that cannot be null."""
+    schema = create_schema()._schema
+    checked = 0
+    for type_name, fields in SCALARS.items():
+        graphql_type = schema.get_type(type_name)
+        assert isinstance(graphql_type, GraphQLObjectType)
+        for name, expression in fields.items():
+            column = re.fullmatch(r"(?:graphql_datetime\()?\{t\}\.(\w+)\)?(?:::text)?", expression)
+            if column is None or not is_non_null_type(graphql_type.fields[name].type):
+                continue
+            nullable = await pool.fetchval(
+                "SELECT is_nullable FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
+                TABLES[type_name],
+                column.group(1),
+            )
+            assert nullable == "NO", f"{type_name}.{name} reads a nullable column"
+            checked += 1
+    assert checked > 30
