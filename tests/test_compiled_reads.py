@@ -349,6 +349,14 @@ def corpus(ids: dict[str, str]) -> list[Case]:
             DEFAULT_PAGE,
             accept="application/graphql-response+json, application/json;q=0.9",
         ),
+        Case("accepting neither JSON", BENCH_PAGE, {"first": 2}, accept="text/html"),
+        Case(
+            "a streamed response",
+            BENCH_PAGE,
+            {"first": 2},
+            accept="multipart/mixed",
+            compiled=False,
+        ),
         # Errors, and what the compiler does not know: graphql-core answers.
         Case("no token", DEFAULT_PAGE, compiled=False, token=None),
         Case("a bad token", DEFAULT_PAGE, compiled=False, token="not-a-token"),
