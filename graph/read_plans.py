@@ -367,7 +367,7 @@ class Compiler:
         if not _uses_variables(node):
             try:
                 values = compute(self.directive_variables)
-            except Fallback:
+            except Exception:  # Fallback, or one the resolver fails on too (first: null)
                 raise NotCompiled("literal arguments the resolver refuses") from None
             return self.parameters.group(lambda variables: values)
         return self.parameters.group(compute)

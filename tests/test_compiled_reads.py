@@ -389,6 +389,16 @@ def corpus(ids: dict[str, str]) -> list[Case]:
         Case("a missing variable", PAGE_NESTED, compiled=False),
         Case("first: null", PAGE, {"first": None}, compiled=False),
         Case(
+            "a literal first: null",
+            "{ prospects(first: null) { edges { cursor } } }",
+            compiled=False,
+        ),
+        Case(
+            "a literal history first: null",
+            "{ activeCalls { prospect { callHistory(first: null) { id } } } }",
+            compiled=False,
+        ),
+        Case(
             "literal arguments",
             '{ prospects(first: 3, filter: {status: "Attempted", search: "1"}) '
             "{ edges { node { id status } } pageInfo { hasPreviousPage } } }",
