@@ -132,6 +132,9 @@ def command_serve(settings: Settings, args: argparse.Namespace) -> int:
         # Events are a few hundred bytes; per-socket zlib state would double the memory
         # of each subscriber and cost CPU on every send.
         "ws_per_message_deflate": settings.ws_compression,
+        # Events are written as frames straight to the socket on websockets-sansio (auto)
+        # and wsproto; the legacy websockets protocol goes through ASGI, more slowly.
+        "ws": settings.ws_implementation,
     }
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the
     # handler it found in place: this one ends the process normally, with status 0.

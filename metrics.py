@@ -47,6 +47,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
+from resolvers.events import HubObserver
+
 log = logging.getLogger("callfloor.metrics")
 
 MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
@@ -91,7 +93,8 @@ WEBSOCKETS = Gauge("callfloor_websockets", "Open WebSockets.", multiprocess_mode
 EVENT_DELAY = Histogram(
     "callfloor_event_delay_seconds",
     "From a call event's commit (its 'at', clock_timestamp() in publish_call_event) to its "
-    "send to one subscriber; one observation per event and subscriber.",
+    "write to the sockets of every subscriber of one document (the last of them); one "
+    "observation per event and distinct subscription document in each process.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RESYNCS = Counter(
@@ -249,18 +252,26 @@ def record_result(request: Any, errors: list[Any] | None) -> None:
 # Live events, nextLead and logins.
 
 
-@contextlib.contextmanager
-def open_subscription() -> Iterator[SubscriptionMetrics]:
-    """Count a subscription as open for the duration of the block."""
-    SUBSCRIPTIONS.inc()
-    try:
-        yield SubscriptionMetrics()
-    finally:
+class HubMetrics(HubObserver):
+    """Subscriptions as the Hub sees them: open ones, resyncs, and the delay of events
+    written to the sockets straight from the Hub (once per event and document)."""
+
+    def opened(self) -> None:
+        SUBSCRIPTIONS.inc()
+
+    def closed(self) -> None:
         SUBSCRIPTIONS.dec()
+
+    def resynced(self) -> None:
+        RESYNCS.inc()
+
+    def delivered(self, at: datetime) -> None:
+        EVENT_DELAY.observe(max(0.0, time.time() - at.timestamp()))
 
 
 class SubscriptionMetrics:
-    """One subscription's events as they are sent."""
+    """One subscription's events as Strawberry sends them (a subscription the Hub does
+    not write to itself: another protocol than graphql-transport-ws)."""
 
     def __init__(self) -> None:
         self.snapshots = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -24,7 +25,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
@@ -36,7 +37,7 @@ from graph.extensions import present_error
 from graph.reads import CompiledReads, Rules
 from graph.responses import GRAPHQL_RESPONSE_JSON, is_request_error, prefers_graphql_response
 from graph.schema import create_schema
-from graph.subscriptions import TransportWSHandler
+from graph.subscriptions import SubscriptionHandler, WebSocketSendMiddleware
 from request_size import RequestSizeLimit
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
@@ -46,13 +47,14 @@ from settings import Settings
 from sql import database
 
 log = logging.getLogger("callfloor")
-WALLBOARD_PAGE = Path(__file__).resolve().parent / "wallboard.html"
+WALLBOARD_PAGE = Path(__file__).resolve().parent / "graph" / "wallboard.html"
 
 
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with our context: pool, settings, actor, loaders and hub."""
 
-    graphql_transport_ws_handler_class = TransportWSHandler
+    # Subscriptions' events go straight to the sockets (graph/subscriptions.py).
+    graphql_transport_ws_handler_class = SubscriptionHandler
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         pool: asyncpg.Pool = request.app.state.pool
@@ -102,6 +104,21 @@ class GraphQLApp(GraphQL[Context, None]):
             response.headers["content-type"] = f"{GRAPHQL_RESPONSE_JSON}; charset=utf-8"
         response.headers["vary"] = "Accept"
         return response
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """As Strawberry, which checks `query` and `variables`: an `operationName` that is
+        not a string makes the request malformed too, a 400 whatever the client accepts."""
+        data = await super().parse_http_body(request)
+        for item in data if isinstance(data, list) else [data]:
+            if not isinstance(item.operation_name, str | None):
+                raise HTTPException(
+                    400,
+                    "The GraphQL operation's `operationName` must be a string or null, "
+                    "if provided.",
+                )
+        return data
 
     def decode_json(self, data: str | bytes) -> object:
         """Any undecodable body (not UTF-8, nested too deep) is a 400, like bad JSON."""
@@ -167,7 +184,7 @@ def create_app(
             max_size=settings.pool_max_size,
             on_connect=on_connect,
         )
-        hub = Hub(pool, queue_size=settings.subscriber_queue_size)
+        hub = Hub(pool, queue_size=settings.subscriber_queue_size, observer=metrics.HubMetrics())
         listener = Listener(
             settings.listen_url(database_url), hub, health_interval=settings.listener_health_seconds
         )
@@ -229,6 +246,8 @@ def create_app(
             *metrics.routes,
         ],
         middleware=[
+            # Outermost, so it sees the server's own send (the fast path for events).
+            Middleware(WebSocketSendMiddleware),
             Middleware(metrics.MetricsMiddleware),
             # Pages on ALLOWED_ORIGINS (the origins that may open WebSockets) may call the
             # API from the browser too. Bearer tokens travel in a header, never a cookie:

@@ -111,6 +111,8 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1,::1"
     access_log: bool = False
     ws_compression: bool = False
+    # uvicorn's WebSocket protocol: auto (websockets-sansio), websockets, wsproto.
+    ws_implementation: str = "auto"
     workers: int = 1
     # /metrics answers only this bearer token; None: /metrics is off.
     metrics_token: str | None = None
@@ -167,6 +169,7 @@ class Settings:
             ws_ping_seconds=_float("WS_PING_SECONDS", 20.0),
             access_log=os.environ.get("ACCESS_LOG", "0") in {"1", "true", "yes"},
             ws_compression=os.environ.get("WS_COMPRESSION", "0") in {"1", "true", "yes"},
+            ws_implementation=os.environ.get("WS_IMPLEMENTATION", "auto").strip() or "auto",
             workers=_int("WEB_CONCURRENCY", 1),
             metrics_token=os.environ.get("METRICS_TOKEN", "").strip() or None,
             compiled_reads=os.environ.get("COMPILED_READS", "1") not in {"0", "false", "no"},

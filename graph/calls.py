@@ -8,6 +8,8 @@ from datetime import datetime
 import strawberry
 
 import metrics
+from graph.execution import EventRenderer, current_subscription
+from graph.subscriptions import current_channel, hand_over
 from graph.types import (
     ActiveCall,
     ActiveCallEvent,
@@ -22,6 +24,7 @@ from resolvers import calls
 from resolvers.auth import SUPERVISORS, hash_token
 from resolvers.calls import CallOutcome
 from resolvers.errors import parse_id
+from resolvers.events import Delivery
 
 
 @strawberry.type
@@ -158,10 +161,21 @@ class CallSubscriptions:
         hub, token = info.context.hub, info.context.token
         assert hub is not None
         assert token is not None
+        # Over graphql-transport-ws, each event is rendered once for every subscriber of
+        # the same document and written straight to the sockets (graph/subscriptions.py).
+        subscription = current_subscription()
+        channel = current_channel(hub.queue_size)
+        if subscription is not None and channel is not None:
+            key, executor = subscription
+            context = info.context
+            delivery = Delivery(key, lambda: EventRenderer(executor, context), channel)
+            end = await hub.attach(actor.id, hash_token(token).hex(), agent, delivery)
+            await hand_over(end)
+            return
         async with hub.subscription(actor.id, hash_token(token).hex(), agent) as events:
-            with metrics.open_subscription() as measured:
-                async for event in events:
-                    measured.sending(event.type)
-                    yield active_call_event(event)
-                    # Resumed once Strawberry has written the event to the socket.
-                    measured.sent(event.type, event.at)
+            measured = metrics.SubscriptionMetrics()
+            async for event in events:
+                measured.sending(event.type)
+                yield active_call_event(event)
+                # Resumed once Strawberry has written the event to the socket.
+                measured.sent(event.type, event.at)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 from uuid import UUID
 
@@ -17,35 +17,57 @@ from resolvers.events import Hub
 from settings import Settings
 
 
-@dataclass
 class Loaders:
-    """Batch loaders, one set per request, so nested fields cost one query per field."""
+    """Batch loaders, one set per request, so nested fields cost one query per field.
 
-    prospect: DataLoader[UUID, asyncpg.Record | None]
-    user: DataLoader[UUID, asyncpg.Record | None]
-    active_call: DataLoader[UUID, asyncpg.Record | None]
-    assignment: DataLoader[UUID, asyncpg.Record | None]
-    call_history: DataLoader[tuple[UUID, int], list[asyncpg.Record]]
-    status_history: DataLoader[tuple[UUID, int], list[asyncpg.Record]]
+    Each is made on first use: a WebSocket's context lives as long as the connection, and
+    thousands of idle subscribers need none of them.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
 
     @classmethod
     def create(cls, pool: asyncpg.Pool) -> Loaders:
         """Fresh loaders bound to the pool."""
-        return cls(
-            prospect=DataLoader(load_fn=partial(prospects.prospects_by_ids, pool)),
-            user=DataLoader(load_fn=partial(users.users_by_ids, pool)),
-            active_call=DataLoader(load_fn=partial(calls.active_calls_for_prospects, pool)),
-            assignment=DataLoader(load_fn=partial(prospects.assignments_for_prospects, pool)),
-            call_history=DataLoader(
-                load_fn=partial(
-                    prospects.histories_for_prospects, pool, "call_history_for_prospects"
-                )
-            ),
-            status_history=DataLoader(
-                load_fn=partial(
-                    prospects.histories_for_prospects, pool, "status_history_for_prospects"
-                )
-            ),
+        return cls(pool)
+
+    @cached_property
+    def prospect(self) -> DataLoader[UUID, asyncpg.Record | None]:
+        """Prospects by id."""
+        return DataLoader(load_fn=partial(prospects.prospects_by_ids, self.pool))
+
+    @cached_property
+    def user(self) -> DataLoader[UUID, asyncpg.Record | None]:
+        """Users by id."""
+        return DataLoader(load_fn=partial(users.users_by_ids, self.pool))
+
+    @cached_property
+    def active_call(self) -> DataLoader[UUID, asyncpg.Record | None]:
+        """The active call of each prospect."""
+        return DataLoader(load_fn=partial(calls.active_calls_for_prospects, self.pool))
+
+    @cached_property
+    def assignment(self) -> DataLoader[UUID, asyncpg.Record | None]:
+        """The active assignment of each prospect."""
+        return DataLoader(load_fn=partial(prospects.assignments_for_prospects, self.pool))
+
+    @cached_property
+    def call_history(self) -> DataLoader[tuple[UUID, int], list[asyncpg.Record]]:
+        """The newest calls of each prospect."""
+        return DataLoader(
+            load_fn=partial(
+                prospects.histories_for_prospects, self.pool, "call_history_for_prospects"
+            )
+        )
+
+    @cached_property
+    def status_history(self) -> DataLoader[tuple[UUID, int], list[asyncpg.Record]]:
+        """The newest status changes of each prospect."""
+        return DataLoader(
+            load_fn=partial(
+                prospects.histories_for_prospects, self.pool, "status_history_for_prospects"
+            )
         )
 
 

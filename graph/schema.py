@@ -18,7 +18,7 @@ from strawberry.types.graphql import OperationType
 from graph.calls import CallMutations, CallQueries, CallSubscriptions, DispositionQueries
 from graph.dialing import DialingMutations, DialingQueries
 from graph.documents import DocumentChecks, DocumentLimits
-from graph.execution import SharedEventExecutionContext
+from graph.execution import SubscriptionExecutionContext
 from graph.extensions import ErrorCodes, log_errors
 from graph.imports import ImportMutations
 from graph.privacy import PrivacyMutations
@@ -139,7 +139,7 @@ def create_schema(
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(scalar_map={BigInt: BIG_INT_SCALAR, datetime: DATE_TIME_SCALAR}),
-        execution_context_class=SharedEventExecutionContext,
+        execution_context_class=SubscriptionExecutionContext,
     )
     schema.document_limits = document_limits
     # As Strawberry's execution context holds them once AddValidationRules has run.

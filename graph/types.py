@@ -221,8 +221,6 @@ class ActiveCallEvent:
     active_calls: list[ActiveCall] | None = strawberry.field(
         description="For SNAPSHOT: every active call (of the agent, when narrowed)."
     )
-    # Execution results shared by every subscriber of this event (graph/execution.py).
-    shared_results: strawberry.Private[dict[Any, Any]] = dataclasses.field(default_factory=dict)
 
 
 @strawberry.type(description="One status change, written by a trigger whoever made it.")

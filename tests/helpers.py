@@ -28,8 +28,10 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+import websockets
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
+from websockets.typing import Subprotocol
 
 from resolvers.users import create_user
 from server import ConnectionHook, create_app
@@ -247,6 +249,8 @@ async def running_server(
             port,
             ws_ping_interval=settings.ws_ping_seconds,
             ws_ping_timeout=settings.ws_ping_seconds,
+            ws_per_message_deflate=settings.ws_compression,
+            ws=settings.ws_implementation,
             # X-Forwarded-For from the trusted proxies only.
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,
@@ -418,6 +422,30 @@ subscription($agent: ID) {
   }
 }
 """
+
+
+async def open_subscription(
+    api: Api, token: str, operation_id: str = "1", agent: str | None = None, **options: Any
+) -> Any:
+    """A bare graphql-transport-ws connection (the `websockets` client) with one
+    activeCallEvents subscription, its first message (the SNAPSHOT) read; close it."""
+    url = api.base_url.replace("http", "ws") + "/graphql"
+    socket = await websockets.connect(
+        url, subprotocols=[Subprotocol("graphql-transport-ws")], **options
+    )
+    await socket.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
+    assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "connection_ack"
+    subscribe = {"query": EVENTS, "variables": {"agent": agent}}
+    await socket.send(json.dumps({"id": operation_id, "type": "subscribe", "payload": subscribe}))
+    first = json.loads(await asyncio.wait_for(socket.recv(), 10))
+    assert first["payload"]["data"]["activeCallEvents"]["type"] == "SNAPSHOT", first
+    return socket
+
+
+def event_of(message: str | bytes) -> dict[str, Any]:
+    """The activeCallEvents object of a raw `next` message."""
+    event: dict[str, Any] = json.loads(message)["payload"]["data"]["activeCallEvents"]
+    return event
 
 
 class Stream:

@@ -133,6 +133,25 @@ async def test_a_request_that_never_ran_is_a_400_for_graphql_response_clients(
     assert await table_rows(pool, TABLES) == before
 
 
+async def test_a_malformed_request_is_a_400_whatever_the_client_accepts(
+    api: Api, team: Team, pool: asyncpg.Pool
+) -> None:
+    """Parameters of the wrong JSON type are not a GraphQL request at all: 400 for every
+    client, application/json or none included, and nothing runs."""
+    before = await table_rows(pool, TABLES)
+    malformed = [
+        {"query": "{ viewer { id } }", "operationName": invalid}
+        for invalid in ({"obj": "ect"}, 0, False, ["array"])
+    ]
+    malformed += [{"query": 1}, {"query": "{ viewer { id } }", "variables": []}]
+    for payload in malformed:
+        for accept in (None, "application/json", GRAPHQL_RESPONSE):
+            headers = {**bearer(team.agent["token"]), **({"accept": accept} if accept else {})}
+            response = await api.client.post("/graphql", json=payload, headers=headers)
+            assert response.status_code == 400, (payload, accept, response.text)
+    assert await table_rows(pool, TABLES) == before
+
+
 async def test_graphql_response_clients_get_200_when_the_operation_ran(
     api: Api, team: Team, pool: asyncpg.Pool
 ) -> None:

@@ -22,13 +22,16 @@ from helpers import (
     add_prospect,
     add_user,
     end,
+    event_of,
     next_phone,
+    open_subscription,
     running_server,
     start,
     subscribe,
     wait_until,
 )
 
+from graph.subscriptions import AsgiChannel, RawFrameChannel
 from resolvers.events import CallEvent, Hub, Listener
 from settings import Settings
 
@@ -469,3 +472,177 @@ async def test_snapshots_raced_against_commits_show_every_event_once(
             assert active == in_database
             assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
         assert cycles >= watchers_count * calls_between_joins
+        calls = await pool.fetchval("SELECT count(*) FROM call_logs")
+        assert calls > 20, "the writers hardly wrote: the race did not happen"
+
+
+async def test_subscribers_of_one_document_are_sent_the_same_bytes(api: Api, team: Team) -> None:
+    """An event is rendered once per document and variables: every socket subscribed with
+    them is sent the very same message but for the subscription's id, written straight to
+    the socket; a subscription narrowed to an agent has a feed of its own."""
+    hub = api.app.state.hub
+    prospect = await add_prospect(api, team.agent["token"], next_phone())
+    first = await open_subscription(api, team.manager["token"], "a")
+    second = await open_subscription(api, team.agents[1]["token"], "subscription-2")
+    narrowed = await open_subscription(api, team.manager["token"], "n", agent=team.agent["id"])
+    try:
+        assert len(hub.feeds) == 2
+        assert {type(s.sink) for s in hub.subscribers} == {RawFrameChannel}
+        call = await start(api, team.agent["token"], prospect["id"])
+        one = await asyncio.wait_for(first.recv(), 10)
+        two = await asyncio.wait_for(second.recv(), 10)
+        assert one.startswith('{"id":"a",')
+        assert one.replace('{"id":"a",', '{"id":"subscription-2",', 1) == two
+        assert event_of(one)["activeCall"]["callLogId"] == call["callLogId"]
+        mine = json.loads(await asyncio.wait_for(narrowed.recv(), 10))
+        assert mine["id"] == "n"
+        assert mine["payload"] == json.loads(one)["payload"]
+    finally:
+        for socket in (first, second, narrowed):
+            await socket.close()
+    await wait_until(lambda: not hub.feeds, 10, "the feeds outlived their subscribers")
+
+
+def big_event(seq: int, agent_id: str, name: str) -> CallEvent:
+    """A STARTED event of the agent whose prospect's name is name."""
+    now = datetime.now(UTC).isoformat()
+    call = {
+        "id": str(uuid_of(seq)),
+        "prospect_id": str(uuid_of(seq)),
+        "caller_id": agent_id,
+        "call_log_id": str(uuid_of(seq)),
+        "phone_number": "+12125550100",
+        "started_at": now,
+        "lease_expires_at": now,
+        "prospect_name": name,
+        "caller_name": "stalled",
+    }
+    return CallEvent("STARTED", seq, datetime.now(UTC), active_call=call)
+
+
+async def test_a_socket_that_stops_reading_is_resynced_and_never_delays_others(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """A client that stops reading fills its socket's buffers; every event still reaches
+    the others before the next is published, and the stalled one, once it reads again,
+    gets what was buffered, then a SNAPSHOT instead of the backlog, then what follows."""
+    async with running_server(replace(settings, subscriber_queue_size=4)) as api:
+        agent = await add_user(pool, api, "stalled@test.example", "agent")
+        hub = api.app.state.hub
+        stalled = await open_subscription(api, agent["token"], "s")
+        reader = await open_subscription(api, agent["token"], "r")
+        try:
+            stalled.transport.pause_reading()
+            seq = hub.last_seq
+            name = "x" * 65536  # ~64 KiB per message: the buffers fill in a few hundred
+            for number in range(1, 301):
+                hub.publish(big_event(seq + number, agent["id"], name))
+                event = event_of(await asyncio.wait_for(reader.recv(), 10))
+                assert event["seq"] == seq + number
+            assert [s.pending is not None for s in hub.subscribers].count(True) == 1, (
+                "the stalled socket was never found behind"
+            )
+            stalled.transport.resume_reading()
+            numbers = []
+            while (event := event_of(await asyncio.wait_for(stalled.recv(), 10)))["type"] != (
+                "SNAPSHOT"
+            ):
+                numbers.append(event["seq"])
+            assert numbers == list(range(seq + 1, seq + 1 + len(numbers)))
+            assert len(numbers) < 300
+            assert event["seq"] == seq + 300
+            hub.publish(big_event(seq + 301, agent["id"], "after"))
+            after = event_of(await asyncio.wait_for(stalled.recv(), 10))
+            assert (after["seq"], after["activeCall"]["prospectName"]) == (seq + 301, "after")
+            assert event_of(await asyncio.wait_for(reader.recv(), 10))["seq"] == seq + 301
+        finally:
+            await stalled.close()
+            await reader.close()
+
+
+async def test_compressed_sockets_are_sent_every_event_through_asgi(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """With permessage-deflate the frames are the WebSocket library's to write: events go
+    through ASGI instead, still in order and each once."""
+    async with running_server(replace(settings, ws_compression=True)) as api:
+        agent = await add_user(pool, api, "deflate@test.example", "agent")
+        hub = api.app.state.hub
+        socket = await open_subscription(api, agent["token"], compression="deflate")
+        try:
+            assert socket.protocol.extensions, "the client and server agreed no compression"
+            assert {type(s.sink) for s in hub.subscribers} == {AsgiChannel}
+            prospects = [await add_prospect(api, agent["token"], next_phone()) for _ in range(3)]
+            calls = [await start(api, agent["token"], p["id"]) for p in prospects]
+            events = [event_of(await asyncio.wait_for(socket.recv(), 10)) for _ in calls]
+            assert [e["activeCall"]["callLogId"] for e in events] == [c["callLogId"] for c in calls]
+            assert [e["seq"] for e in events] == list(range(events[0]["seq"], events[0]["seq"] + 3))
+        finally:
+            await socket.close()
+
+
+async def test_subscriptions_hold_no_task_and_end_when_completed(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Once its SNAPSHOT is sent, a subscription is the hub's alone: no task waits for its
+    events. It still counts towards the limit, ends when the client completes it (its id
+    free again), and each open one gets every event once."""
+    async with running_server(replace(settings, max_subscriptions_per_connection=5)) as api:
+        agent = await add_user(pool, api, "idle@test.example", "agent")
+        hub = api.app.state.hub
+        url = api.base_url.replace("http", "ws") + "/graphql"
+        async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+
+            async def subscribe_as(operation_id: str) -> dict[str, Any]:
+                payload = {"query": EVENTS}
+                message = {"id": operation_id, "type": "subscribe", "payload": payload}
+                await socket.send(json.dumps(message))
+                reply: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                return reply
+
+            await socket.send(
+                json.dumps({"type": "connection_init", "payload": {"token": agent["token"]}})
+            )
+            assert json.loads(await socket.recv())["type"] == "connection_ack"
+            tasks = len(asyncio.all_tasks())
+            for number in range(5):
+                assert (await subscribe_as(str(number)))["type"] == "next"
+            await wait_until(
+                lambda: len(asyncio.all_tasks()) <= tasks, 10, "subscriptions kept tasks"
+            )
+            assert len(hub.subscribers) == 5
+            assert (await subscribe_as("5"))["type"] == "error"  # the limit holds
+
+            await socket.send(json.dumps({"id": "0", "type": "complete"}))
+            await wait_until(lambda: len(hub.subscribers) == 4, 10, "complete left it on")
+            again = await subscribe_as("0")
+            assert event_of(json.dumps(again))["type"] == "SNAPSHOT"
+
+            prospect = await add_prospect(api, agent["token"], next_phone())
+            call = await start(api, agent["token"], prospect["id"])
+            messages = [json.loads(await asyncio.wait_for(socket.recv(), 10)) for _ in range(5)]
+            assert sorted(m["id"] for m in messages) == ["0", "1", "2", "3", "4"]
+            assert {event_of(json.dumps(m))["activeCall"]["callLogId"] for m in messages} == {
+                call["callLogId"]
+            }
+        await wait_until(lambda: not hub.subscribers and not hub.feeds, 10, "left subscribed")
+
+
+async def test_events_that_arrive_together_are_written_together_in_order(
+    api: Api, team: Team
+) -> None:
+    """Events published before the fan-out gets to run are written to each socket in one
+    go: every one still arrives as a message of its own, once, in order."""
+    hub = api.app.state.hub
+    socket = await open_subscription(api, team.manager["token"])
+    try:
+        seq = hub.last_seq
+        for number in range(1, 51):
+            hub.publish(big_event(seq + number, team.agent["id"], f"p{number}"))
+        events = [event_of(await asyncio.wait_for(socket.recv(), 10)) for _ in range(50)]
+        assert [e["seq"] for e in events] == list(range(seq + 1, seq + 51))
+        assert [e["activeCall"]["prospectName"] for e in events] == [
+            f"p{number}" for number in range(1, 51)
+        ]
+    finally:
+        await socket.close()

@@ -202,6 +202,7 @@ def test_a_served_process_is_scraped_with_every_workers_figures(
         "METRICS_TOKEN": TOKEN,
         "PROMETHEUS_MULTIPROC_DIR": str(directory),
         "LOGIN_MAX_FAILURES": "1000",
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": "1000",
     }
     asyncio.run(add_floor_user(database_url))
     failures = 24

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import uuid
 import zipfile
 from pathlib import Path
@@ -21,7 +22,13 @@ from sql import database
 
 # What the wheel is built from: the project's own files, as a clean clone has them.
 SOURCES = ("pyproject.toml", "README.md", "graph", "resolvers", "sql")
-MODULES = ("server.py", "command_line.py", "terminal.py", "settings.py", "rest.py", "metrics.py")
+# The top-level modules as pyproject.toml lists them, so a new one cannot be forgotten here.
+MODULES = tuple(
+    f"{name}.py"
+    for name in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "py-modules"
+    ]
+)
 
 
 def build_wheel(destination: Path) -> tuple[Path, str]:
@@ -64,6 +71,7 @@ def test_the_wheel_carries_every_sql_file_and_builds_quietly(wheel: tuple[Path, 
         assert expected, directory
         assert expected <= names, expected - names
     assert {f"{module}" for module in MODULES} <= names
+    assert "graph/wallboard.html" in names
 
 
 def test_a_server_installed_from_the_wheel_migrates_and_serves(
@@ -141,6 +149,9 @@ def test_a_server_installed_from_the_wheel_migrates_and_serves(
                 wait_until_blocking(healthy, 60, "the installed server did not come up")
                 answer = client.post("/graphql", json={"query": "{ dispositions { name } }"})
                 assert answer.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+                page = client.get("/wallboard")
+                assert page.status_code == 200
+                assert "activeCallEvents" in page.text
         finally:
             served.send_signal(signal.SIGINT)
             output = served.communicate(timeout=30)[0]
