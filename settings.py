@@ -116,6 +116,8 @@ class Settings:
     workers: int = 1
     # /metrics answers only this bearer token; None: /metrics is off.
     metrics_token: str | None = None
+    # Reads the compiler knows run as one SQL statement (graph/reads.py); off for diagnosis.
+    compiled_reads: bool = True
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -170,6 +172,7 @@ class Settings:
             ws_implementation=os.environ.get("WS_IMPLEMENTATION", "auto").strip() or "auto",
             workers=_int("WEB_CONCURRENCY", 1),
             metrics_token=os.environ.get("METRICS_TOKEN", "").strip() or None,
+            compiled_reads=os.environ.get("COMPILED_READS", "1") not in {"0", "false", "no"},
             allowed_origins=tuple(
                 origin.strip()
                 for origin in os.environ.get("ALLOWED_ORIGINS", "").split(",")

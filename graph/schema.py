@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from graphql import ASTValidationRule, GraphQLError
+from graphql import ASTValidationRule, GraphQLError, specified_rules
 from strawberry.extensions import AddValidationRules, query_depth_limiter
 from strawberry.extensions import max_aliases as max_aliases_limiter
 from strawberry.schema.config import StrawberryConfig
@@ -74,6 +74,11 @@ class Subscription(CallSubscriptions):
 class CallfloorSchema(strawberry.Schema):
     """Logs unexpected errors whole; expected ones are the client's business."""
 
+    # How the view lets documents in (graph/documents.py), for the compiled reads to hold
+    # to the same (graph/reads.py): set by create_schema().
+    document_limits: DocumentLimits
+    validation_rules: tuple[type[ASTValidationRule], ...] = tuple(specified_rules)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -109,7 +114,7 @@ def create_schema(
     max_aliases: int = DEFAULT_MAX_ALIASES,
     max_bytes: int = DEFAULT_MAX_QUERY_BYTES,
     max_fields: int = DEFAULT_MAX_QUERY_FIELDS,
-) -> strawberry.Schema:
+) -> CallfloorSchema:
     """The schema with its limits (size, tokens, fields, depth, aliases), caches and error
     handling on."""
     # The rule classes are made once: validation is cached per document and rules, so a
@@ -128,7 +133,7 @@ def create_schema(
         lambda: AddValidationRules(limits),
         ErrorCodes,
     ]
-    return CallfloorSchema(
+    schema = CallfloorSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -136,3 +141,7 @@ def create_schema(
         config=StrawberryConfig(scalar_map={BigInt: BIG_INT_SCALAR, datetime: DATE_TIME_SCALAR}),
         execution_context_class=SubscriptionExecutionContext,
     )
+    schema.document_limits = document_limits
+    # As Strawberry's execution context holds them once AddValidationRules has run.
+    schema.validation_rules = (*specified_rules, *limits)
+    return schema

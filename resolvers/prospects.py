@@ -68,6 +68,36 @@ async def get_prospect(pool: asyncpg.Pool, prospect_id: UUID) -> asyncpg.Record:
     return record
 
 
+# The prospects_page query's parameters: status, search pattern, agent, cursor time and
+# id, rows to read (one more than the page, to tell whether more follow), phone digits,
+# walk budget.
+PageParameters = tuple[
+    str | None, str | None, UUID | None, datetime | None, UUID | None, int, str | None, int
+]
+
+
+def page_parameters(
+    *,
+    first: int,
+    after: str | None,
+    status: str | None,
+    search: str | None,
+    assigned_to: UUID | None,
+) -> PageParameters:
+    """The prospects_page query's parameters for a page, or BAD_USER_INPUT; shared with
+    the compiled reads (graph/read_plans.py), so both ask prospects_page() the same."""
+    if not 0 <= first <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 0 and {MAX_PAGE_SIZE}", field="first")
+    if search is not None:
+        search = search.strip() or None
+    if search is not None and len(search) > MAX_SEARCH_LENGTH:
+        raise BadUserInput("search is too long", field="search")
+    cursor_at, cursor_id = decode_cursor(after) if after else (None, None)
+    pattern = like_pattern(search) if search else None
+    digits = phone_digits(search) if search else None
+    return status, pattern, assigned_to, cursor_at, cursor_id, first + 1, digits, walk_budget(first)
+
+
 async def list_prospects(
     pool: asyncpg.Pool,
     *,
@@ -78,27 +108,12 @@ async def list_prospects(
     assigned_to: UUID | None,
 ) -> tuple[list[asyncpg.Record], bool]:
     """One page of prospects, newest first, and whether more follow."""
-    if not 0 <= first <= MAX_PAGE_SIZE:
-        raise BadUserInput(f"first must be between 0 and {MAX_PAGE_SIZE}", field="first")
-    if search is not None:
-        search = search.strip() or None
-    if search is not None and len(search) > MAX_SEARCH_LENGTH:
-        raise BadUserInput("search is too long", field="search")
-    cursor_at, cursor_id = decode_cursor(after) if after else (None, None)
-    pattern = like_pattern(search) if search else None
+    parameters = page_parameters(
+        first=first, after=after, status=status, search=search, assigned_to=assigned_to
+    )
     # A filter or cursor the database cannot take (a NUL byte, a date out of range) is bad input.
     with database_errors():
-        rows = await pool.fetch(
-            QUERIES["prospects_page"],
-            status,
-            pattern,
-            assigned_to,
-            cursor_at,
-            cursor_id,
-            first + 1,
-            phone_digits(search) if search else None,
-            walk_budget(first),
-        )
+        rows = await pool.fetch(QUERIES["prospects_page"], *parameters)
     return list(rows[:first]), len(rows) > first
 
 

@@ -29,9 +29,7 @@ VALUES ($1, $2, now() + make_interval(secs => $3));
 
 -- name: session_user
 -- The active user behind a live token, or no row. $1 token hash.
-SELECT u.id, u.email, u.name, u.role, u.active, u.created_at
-FROM sessions s JOIN users u ON u.id = s.user_id
-WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.active;
+SELECT id, email, name, role, active, created_at FROM live_session_user($1);
 
 -- name: revoke_session
 -- Revoke one token and notify every replica; true when it was live. $1 token hash.
