@@ -42,8 +42,7 @@ LANGUAGE sql STABLE AS $$
     SELECT s.zones
     FROM sets s
     WHERE s.zones IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM unnest(prospect_time_zones(s.zones)) z
-                      WHERE NOT calling_hours_open(z, p_at))
+      AND NOT EXISTS (SELECT 1 FROM closed_time_zones(prospect_time_zones(s.zones), p_at))
 $$;
 
 -- Hand the agent the best callable prospect and start the call, in one transaction: due
@@ -184,8 +183,7 @@ LANGUAGE sql STABLE AS $$
     ), totals AS (
         SELECT sum(b.in_call) AS in_call, sum(b.dnc) AS dnc, sum(b.recent) AS recent,
                sum(b.open) FILTER (WHERE EXISTS (
-                   SELECT 1 FROM unnest(prospect_time_zones(b.zones)) z
-                   WHERE NOT calling_hours_open(z, now()))) AS hours,
+                   SELECT 1 FROM closed_time_zones(prospect_time_zones(b.zones), now()))) AS hours,
                sum(b.recycling) AS recycling, sum(b.assigned) AS assigned,
                sum(b.callback) AS callback, sum(b.closed) AS closed
         FROM by_zones b
