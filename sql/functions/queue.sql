@@ -62,6 +62,7 @@ DECLARE
     v_refusal record;
     v_zones text[];
     v_seen uuid[] := '{}';
+    v_own uuid[];
     v_stage int := 1;
 BEGIN
     PERFORM act_as(p_agent_id);
@@ -77,12 +78,23 @@ BEGIN
             LIMIT 1
             FOR UPDATE OF p SKIP LOCKED;
         ELSIF v_stage = 2 THEN
-            -- The agent's own live assignments.
-            SELECT q.id INTO v_candidate FROM lead_assignments la JOIN queue_ready q ON q.id = la.prospect_id
-            WHERE la.agent_id = p_agent_id AND assignment_is_live(la, now()) AND q.id <> ALL (v_seen)
-            ORDER BY q.priority DESC, q.last_call ASC NULLS FIRST, q.created_at, q.id
-            LIMIT 1
-            FOR UPDATE OF q SKIP LOCKED;
+            -- The agent's own live assignments, read first on their own: joined to the queue
+            -- in one statement, the plan depended on the agent and was made afresh on every
+            -- call (1.8 ms at a million prospects); most agents have none to look for. This
+            -- one is planned for the agent (EXECUTE): a plan for any agent reads every
+            -- assignment when a few agents hold them all.
+            IF v_own IS NULL THEN
+                EXECUTE 'SELECT ARRAY(SELECT la.prospect_id FROM lead_assignments la
+                                      WHERE la.agent_id = $1 AND assignment_is_live(la, now()))'
+                INTO v_own USING p_agent_id;
+            END IF;
+            IF v_own <> '{}' THEN
+                SELECT q.id INTO v_candidate FROM queue_ready q
+                WHERE q.id = ANY (v_own) AND q.id <> ALL (v_seen)
+                ORDER BY q.priority DESC, q.last_call ASC NULLS FIRST, q.created_at, q.id
+                LIMIT 1
+                FOR UPDATE OF q SKIP LOCKED;
+            END IF;
         ELSE
             -- The pool: the open sets of zones, best head first (read without locks), and
             -- in each the best row no other agent holds, locked as in the other stages.
