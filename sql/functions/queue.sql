@@ -55,7 +55,10 @@ CREATE OR REPLACE FUNCTION next_lead(p_agent_id uuid,
     OUT prospect_id uuid, OUT active_call_id uuid, OUT call_log_id uuid, OUT started_at timestamptz,
     OUT phone_number text, OUT active_call jsonb)
 RETURNS SETOF record
-LANGUAGE plpgsql AS $$
+-- Its statements (and those of the rule checks it calls) run the same index scans whatever
+-- the values; planned afresh for each call's values, the first calls on each connection
+-- cost 15 ms each instead of 3.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_grace interval := (SELECT callback_grace FROM dialing_rules);
     v_candidate uuid;
