@@ -64,6 +64,7 @@ DECLARE
     v_candidate uuid;
     v_refusal record;
     v_zones text[];
+    v_head uuid;
     v_seen uuid[] := '{}';
     v_own uuid[];
     v_stage int := 1;
@@ -103,8 +104,8 @@ BEGIN
             -- in each the best row no other agent holds, locked as in the other stages.
             -- Only the row taken is locked, so no agent hides callable prospects from the
             -- others; while agents take rows, the order between sets is approximate.
-            FOR v_zones IN
-                SELECT k.zones
+            FOR v_zones, v_head IN
+                SELECT k.zones, h.id
                 FROM open_queue_zones(now()) k
                 CROSS JOIN LATERAL (
                     SELECT q.priority, q.last_call, q.created_at, q.id FROM queue_pool q
@@ -114,11 +115,20 @@ BEGIN
                 ) h
                 ORDER BY h.priority DESC, h.last_call ASC NULLS FIRST, h.created_at, h.id
             LOOP
-                SELECT q.id INTO v_candidate FROM queue_pool q
-                WHERE q.queue_zones = v_zones AND q.id <> ALL (v_seen)
-                ORDER BY q.priority DESC, q.last_call ASC NULLS FIRST, q.created_at, q.id
-                LIMIT 1
-                FOR UPDATE OF q SKIP LOCKED;
+                -- The head just ranked, taken by its id unless another agent holds it or
+                -- took it since (queue_ready reads it again; a claim or a listing made since
+                -- is for the rule check): reading the set again, past the prospects held
+                -- back at its head, costs more.
+                SELECT h.id INTO v_candidate FROM queue_ready h
+                WHERE h.id = v_head
+                FOR UPDATE OF h SKIP LOCKED;
+                IF v_candidate IS NULL THEN
+                    SELECT q.id INTO v_candidate FROM queue_pool q
+                    WHERE q.queue_zones = v_zones AND q.id <> ALL (v_seen)
+                    ORDER BY q.priority DESC, q.last_call ASC NULLS FIRST, q.created_at, q.id
+                    LIMIT 1
+                    FOR UPDATE OF q SKIP LOCKED;
+                END IF;
                 EXIT WHEN v_candidate IS NOT NULL;
             END LOOP;
         END IF;
