@@ -419,7 +419,8 @@ FUNCTION_SOURCE = "SELECT prosrc FROM pg_proc WHERE proname = $1"
 POOL_RANKING = (
     "pool stage, open sets of zones by their heads",
     "next_lead",
-    r"SELECT k\.zones\s+FROM open_queue_zones\(now\(\)\) k.*?h\.created_at, h\.id(?=\s+LOOP)",
+    r"SELECT k\.zones(?:, h\.id)?\s+FROM open_queue_zones\(now\(\)\) k"
+    r".*?h\.created_at, h\.id(?=\s+LOOP)",
 )
 POOL_STAGE = (
     "pool stage",
