@@ -488,6 +488,9 @@ async def test_subscribers_of_one_document_are_sent_the_same_bytes(api: Api, tea
     try:
         assert len(hub.feeds) == 2
         assert {type(s.sink) for s in hub.subscribers} == {RawFrameChannel}
+        # The handshake's request and response are let go once a subscription runs.
+        protocols = [s.sink._protocol for s in hub.subscribers]
+        assert all(p.request is None and p.response is None for p in protocols)
         call = await start(api, team.agent["token"], prospect["id"])
         one = await asyncio.wait_for(first.recv(), 10)
         two = await asyncio.wait_for(second.recv(), 10)
