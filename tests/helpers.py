@@ -121,6 +121,16 @@ async def table_rows(
     }
 
 
+def only_error(body: dict[str, Any]) -> dict[str, Any]:
+    """The single error of a response whose data holds nothing."""
+    errors = body.get("errors")
+    assert errors, body
+    assert len(errors) == 1, body
+    assert not any((body.get("data") or {}).values()), body
+    error: dict[str, Any] = errors[0]
+    return error
+
+
 def query_database(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     """Rows of one query, for a test that is not a coroutine (it drives a subprocess)."""
 
@@ -331,6 +341,28 @@ async def add_user(pool: asyncpg.Pool, api: Api, email: str, role: str) -> dict[
         pool, email=email, name=email.split("@")[0], password=PASSWORD, role=role, bcrypt_rounds=4
     )
     return {"id": str(record["id"]), "email": email, "role": role, "token": await api.login(email)}
+
+
+async def add_floor(pool: asyncpg.Pool, name: str, first_phone: int, count: int) -> list[str]:
+    """A manager, floor@test.example with PASSWORD, and count prospects named "<name> <n>"
+    on +1 212 555 <first_phone + n>, written straight to the database; their ids, for tests
+    whose servers are separate processes."""
+    await create_user(
+        pool,
+        email="floor@test.example",
+        name="Floor",
+        password=PASSWORD,
+        role="manager",
+        bcrypt_rounds=4,
+    )
+    return [
+        await pool.fetchval(
+            "INSERT INTO prospects (name, phone) VALUES ($1, $2) RETURNING id::text",
+            f"{name} {n}",
+            f"+1212555{first_phone + n:04d}",
+        )
+        for n in range(count)
+    ]
 
 
 CREATE_PROSPECT = """

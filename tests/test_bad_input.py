@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import Api, Team, add_prospect, start, table_rows
+from helpers import Api, Team, add_prospect, only_error, start, table_rows
 
 from settings import Settings
 
@@ -71,15 +71,6 @@ TABLES = (
 async def snapshot(pool: asyncpg.Pool) -> dict[str, Any]:
     """Every row of the tables a request could write."""
     return await table_rows(pool, TABLES)
-
-
-def only_error(body: dict[str, Any]) -> dict[str, Any]:
-    """The single error of a response."""
-    errors = body.get("errors")
-    assert errors, body
-    assert len(errors) == 1, body
-    error: dict[str, Any] = errors[0]
-    return error
 
 
 async def refused(

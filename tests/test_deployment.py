@@ -24,6 +24,7 @@ from helpers import (
     START_CALL,
     Api,
     Proxy,
+    add_floor,
     add_prospect,
     add_user,
     drop_database,
@@ -37,7 +38,6 @@ from helpers import (
     wait_until,
 )
 
-from resolvers.users import create_user
 from settings import Settings
 from sql import database
 
@@ -69,22 +69,7 @@ async def test_a_rolling_restart_finishes_requests_and_subscribers_resync(
     flight and a wallboard is subscribed: the request completes, the socket is closed
     with 1012 (service restart), and the wallboard, reconnecting to replica two, is sent
     a snapshot holding every call, including those started meanwhile."""
-    await create_user(
-        pool,
-        email="floor@test.example",
-        name="F",
-        password=PASSWORD,
-        role="manager",
-        bcrypt_rounds=4,
-    )
-    prospects = [
-        await pool.fetchval(
-            "INSERT INTO prospects (name, phone) VALUES ($1, $2) RETURNING id::text",
-            f"Rolling {n}",
-            f"+1212555{7100 + n:04d}",
-        )
-        for n in range(3)
-    ]
+    prospects = await add_floor(pool, "Rolling", 7100, 3)
     common = {"DATABASE_URL": database_url}
     with serving(data_dir, stop=signal.SIGTERM, **common) as (two, _):
         token = post_graphql(two, LOGIN, e="floor@test.example", p=PASSWORD)["login"]["token"]

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 import websockets
 from graphql import GraphQLNamedType, get_named_type
-from helpers import Api, Team, add_prospect, start, table_rows
+from helpers import Api, Team, add_prospect, only_error, start, table_rows
 
 from graph.schema import create_schema
 
@@ -43,16 +43,6 @@ OUT_OF_RANGE = [
     "0001-06-01T00:00:00Z",
     "9999-06-01T00:00:00+00:00",
 ]
-
-
-def only_error(body: dict[str, Any]) -> dict[str, Any]:
-    """The single error of a response whose data holds nothing."""
-    errors = body.get("errors")
-    assert errors, body
-    assert len(errors) == 1, body
-    assert not any((body.get("data") or {}).values()), body
-    error: dict[str, Any] = errors[0]
-    return error
 
 
 def no_crash_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,9 +6,7 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
-from helpers import LOGIN, PASSWORD, Api, post_graphql, serving, subscribe
-
-from resolvers.users import create_user
+from helpers import LOGIN, PASSWORD, Api, add_floor, post_graphql, serving, subscribe
 
 START = "mutation($p: ID!) { startCall(prospectId: $p) { callLogId } }"
 END = (
@@ -19,22 +17,7 @@ END = (
 async def test_two_processes_see_each_others_events(
     database_url: str, pool: asyncpg.Pool, data_dir: Path
 ) -> None:
-    await create_user(
-        pool,
-        email="floor@test.example",
-        name="Floor",
-        password=PASSWORD,
-        role="manager",
-        bcrypt_rounds=4,
-    )
-    prospects = [
-        await pool.fetchval(
-            "INSERT INTO prospects (name, phone) VALUES ($1, $2) RETURNING id::text",
-            f"Replica {n}",
-            f"+1212555{7000 + n:04d}",
-        )
-        for n in range(2)
-    ]
+    prospects = await add_floor(pool, "Replica", 7000, 2)
     with (
         serving(data_dir, DATABASE_URL=database_url) as (one, _),
         serving(data_dir, DATABASE_URL=database_url) as (two, _),

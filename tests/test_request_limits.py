@@ -12,23 +12,21 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import Api, Team, add_prospect, bearer, running_server, table_rows
+from helpers import (
+    Api,
+    Team,
+    add_prospect,
+    bearer,
+    only_error,
+    running_server,
+    table_rows,
+)
 
 from graph import documents
 from settings import Settings
 
 TABLES = ("users", "sessions", "login_failures", "prospects", "call_logs", "active_calls")
 TWELVE_MB = 12 * 1024 * 1024
-
-
-def only_error(body: dict[str, Any]) -> dict[str, Any]:
-    """The single error of a response whose data holds nothing."""
-    errors = body.get("errors")
-    assert errors, body
-    assert len(errors) == 1, body
-    assert not any((body.get("data") or {}).values()), body
-    error: dict[str, Any] = errors[0]
-    return error
 
 
 class Calls:
