@@ -33,7 +33,7 @@ of a run without it.
 
 Usage: .venv/bin/python bench/call_cycle.py [--seconds 10] [--clients 16]
                                           [--driver pgbench|asyncpg] [--graphql]
-                                          [--track-functions] [--notify]
+                                          [--track-functions] [--notify] [--uncompiled]
 
 Compare the ratios of one run: both paths share the machine and the moment.
 """
@@ -818,6 +818,7 @@ class Options:
     prospects_per_client: int | None
     synchronous_commit: str
     pool_size: int
+    uncompiled: bool
 
 
 def benchmark(options: Options, postgres: common.TemporaryPostgres, url: str) -> int:
@@ -845,6 +846,9 @@ def benchmark(options: Options, postgres: common.TemporaryPostgres, url: str) ->
         "DB_POOL_MAX_SIZE": str(options.pool_size),
         # The sweep folds the call journal every 15 s: inside some windows, not others.
         "STALE_CALL_SWEEP_SECONDS": "3600",
+        # --uncompiled: startCall and endCall through graphql-core, as before the compiled
+        # mutations (docs/reads.md).
+        "COMPILED_READS": "0" if options.uncompiled else "1",
     }
     log_path = postgres.directory / "callfloor.log"
     with common.server_process(url, port, log_path, settings) as pid:
@@ -887,6 +891,11 @@ def parse_options(argv: list[str] | None) -> Options:
         "--synchronous-commit", choices=("on", "off"), default="on", help="for the database"
     )
     parser.add_argument("--pool-size", type=int, default=20, help="the server's pool (--graphql)")
+    parser.add_argument(
+        "--uncompiled",
+        action="store_true",
+        help="--graphql with COMPILED_READS=0: the mutations through graphql-core",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0 or args.clients < 1:
         parser.error("--seconds and --clients must be positive")
@@ -901,6 +910,7 @@ def parse_options(argv: list[str] | None) -> Options:
         prospects_per_client=args.prospects_per_client,
         synchronous_commit=args.synchronous_commit,
         pool_size=args.pool_size,
+        uncompiled=args.uncompiled,
     )
 
 

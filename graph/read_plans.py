@@ -1,11 +1,14 @@
 """Compiled reads: a query document becomes one SQL statement that returns the whole
-response as JSON built by PostgreSQL (docs/reads.md).
+response as JSON built by PostgreSQL (docs/reads.md). So do the call mutations,
+startCall and endCall: their function joined to the session, their answer built from
+what it returns.
 
 A plan is made once per document, operation and @skip/@include values, from a document
 that parsed and validated under the schema's own rules, and only when the compiler knows
 every field it selects (the prospect, prospects, activeCalls and viewer reads and the
-types below them). Anything else raises NotCompiled and is served by graphql-core, which
-stays the reference: tests/test_compiled_reads.py requires identical answers from both.
+types below them; one call mutation and its function's own fields). Anything else raises
+NotCompiled and is served by graphql-core, which stays the reference:
+tests/test_compiled_reads.py and tests/test_compiled_calls.py require identical answers.
 
 The statement looks the session up itself, so a request costs one round trip. It answers
 no row when graphql-core would answer an error: no live session, or an unknown prospect.
@@ -48,6 +51,7 @@ from graphql.language import Visitor
 from graph.documents import ParsedDocument
 from graph.types import MAX_HISTORY
 from resolvers import prospects
+from resolvers.calls import CallOutcome
 from resolvers.errors import DomainError, parse_id
 
 # json_build_object takes at most 100 arguments: 50 keys and their values.
@@ -169,6 +173,28 @@ HISTORIES = {
 # What the session lookup's row (live_session_user(), as authenticate() reads it) is.
 VIEWER_ALIAS = "graphql_viewer"
 
+# The call mutations' answers. A mutation's statement cannot read what its own function
+# wrote (the statement's snapshot is older than the function's writes), so an answer is
+# built from what the function returns, as the resolvers build it, and nothing else: no
+# nested object that would be read from the tables (ActiveCall.prospect, CallLog.caller).
+# "{t}" stands for the function's row.
+START_CALL_PAYLOAD = {
+    "activeCallId": "{t}.active_call_id",
+    "callLogId": "{t}.call_log_id",
+}
+# The active call as start_call() returns it, active_call_json() (ActiveCall.from_record).
+ACTIVE_CALL_JSON = {
+    "id": "({t}->>'id')",
+    "prospectId": "({t}->>'prospect_id')",
+    "callerId": "({t}->>'caller_id')",
+    "callLogId": "({t}->>'call_log_id')",
+    "phoneNumber": "({t}->>'phone_number')",
+    "startedAt": "graphql_datetime(({t}->>'started_at')::timestamptz)",
+    "leaseExpiresAt": "graphql_datetime(({t}->>'lease_expires_at')::timestamptz)",
+    "prospectName": "({t}->>'prospect_name')",
+    "callerName": "({t}->>'caller_name')",
+}
+
 
 def _column(expression: str, alias: str) -> str:
     return expression.replace("{t}", alias)
@@ -215,11 +241,21 @@ class Parameters:
 
 
 @dataclass(frozen=True)
+class Mutation:
+    """The one field a compiled mutation runs: where an error it ends in belongs."""
+
+    key: str
+    node: FieldNode
+
+
+@dataclass(frozen=True)
 class ReadPlan:
-    """One compiled statement and how to fill its parameters."""
+    """One compiled statement and how to fill its parameters; for a mutation, the field
+    it runs (the statement then changes data: it must not be sent twice)."""
 
     sql: str
     parameters: Parameters
+    mutation: Mutation | None = None
 
     def arguments(self, token_hash: bytes, variables: VariableValues) -> list[Any]:
         """The statement's parameters for one request (Fallback when one is refused)."""
@@ -241,6 +277,44 @@ def _prospect_id(arguments: dict[str, Any]) -> Sequence[Any]:
         return (parse_id(arguments["id"]),)
     except DomainError:
         raise Fallback from None
+
+
+def _start_call(arguments: dict[str, Any]) -> Sequence[Any]:
+    """startCall's prospect; a phone or caller line to normalise goes to the resolver."""
+    if arguments.get("phoneNumber") is not None or arguments.get("fromNumber") is not None:
+        raise Fallback
+    try:
+        return (parse_id(arguments["prospectId"], "prospectId"),)
+    except DomainError:
+        raise Fallback from None
+
+
+def _end_call(arguments: dict[str, Any]) -> Sequence[Any]:
+    """endCall's arguments, checked as the resolver checks them (CallOutcome.validate())."""
+    outcome = CallOutcome(
+        outcome=arguments["outcome"],
+        duration=arguments.get("duration"),
+        notes=arguments.get("notes"),
+        recording_url=arguments.get("recordingUrl"),
+        callback_at=arguments.get("callbackAt"),
+    )
+    try:
+        outcome.validate()
+        return (
+            parse_id(arguments["prospectId"], "prospectId"),
+            parse_id(arguments["callLogId"], "callLogId"),
+            outcome.outcome,
+            outcome.duration,
+            outcome.notes,
+            outcome.recording_url,
+            outcome.callback_at,
+        )
+    except DomainError:
+        raise Fallback from None
+
+
+# endCall's values (_end_call()) and their types, in end_call()'s order after the user.
+END_CALL_PARAMETER_TYPES = ("uuid", "uuid", "text", "int", "text", "text", "timestamptz")
 
 
 def _input_field(value: Any, python_name: str, graphql_name: str) -> Any:
@@ -304,6 +378,7 @@ class Compiler:
     parameters: Parameters = field(default_factory=Parameters)
     joins: list[str] = field(default_factory=list)
     aliases: int = 0
+    mutation: Mutation | None = None
 
     def alias(self) -> str:
         """A fresh table alias."""
@@ -397,6 +472,8 @@ class Compiler:
             return f"'{type_name}'::text"
         if type_name == "Query":
             return self.root_field(name, nodes)
+        if type_name == "Mutation":
+            return self.mutation_field(name, nodes)
         scalar = SCALARS.get(type_name, {}).get(name)
         if scalar is not None:
             if nodes[0].selection_set is not None:
@@ -471,6 +548,59 @@ class Compiler:
         if name == "prospects":
             return self.connection(nodes)
         raise NotCompiled(f"Query.{name}")
+
+    # The call mutations: the function runs once, joined to the session; the answer is
+    # built from what it returns.
+
+    def mutation_field(self, name: str, nodes: list[FieldNode]) -> str:
+        if self.mutation is not None:
+            raise NotCompiled("more than one mutation")
+        node = nodes[0]
+        self.mutation = Mutation(key=node.alias.value if node.alias else name, node=node)
+        row = self.alias()
+        if name == "startCall":
+            group = self.arguments("Mutation", node, _start_call)
+            prospect = self.parameters.slot(group, 0, "uuid")
+            self.joins.append(
+                f"CROSS JOIN LATERAL start_call({prospect}, {VIEWER_ALIAS}.id, NULL, NULL) {row}"
+            )
+            return self.result("StartCallPayload", nodes, row)
+        if name == "endCall":
+            group = self.arguments("Mutation", node, _end_call)
+            values = [
+                self.parameters.slot(group, position, sql_type)
+                for position, sql_type in enumerate(END_CALL_PARAMETER_TYPES)
+            ]
+            arguments = ", ".join([*values[:2], f"{VIEWER_ALIAS}.id", *values[2:]])
+            self.joins.append(f"CROSS JOIN LATERAL end_call({arguments}) {row}")
+            return self.result("CallLog", nodes, row)
+        raise NotCompiled(f"Mutation.{name}")
+
+    def result(self, type_name: str, nodes: list[FieldNode], source: str) -> str:
+        """json_build_object of a mutation's answer, from what its function returned."""
+        scalars = {
+            "StartCallPayload": START_CALL_PAYLOAD,
+            "ActiveCall": ACTIVE_CALL_JSON,
+            "CallLog": CALL_LOG,
+        }[type_name]
+        fields = self.collect(type_name, [node.selection_set for node in nodes])
+        if not fields or len(fields) > MAX_KEYS:
+            raise NotCompiled("an empty or very wide selection")
+        entries = []
+        for key, field_nodes in fields.items():
+            name = field_nodes[0].name.value
+            if name == "__typename":
+                value = f"'{type_name}'::text"
+            elif name in scalars:
+                if field_nodes[0].selection_set is not None:
+                    raise NotCompiled("a selection on a scalar")
+                value = _column(scalars[name], source)
+            elif type_name == "StartCallPayload" and name == "activeCall":
+                value = self.result("ActiveCall", field_nodes, f"{source}.active_call")
+            else:
+                raise NotCompiled(f"{type_name}.{name} in a mutation's answer")
+            entries.append(f"{_key(key)}, {value}")
+        return f"json_build_object({', '.join(entries)})"
 
     def connection(self, nodes: list[FieldNode]) -> str:
         """prospects(first, after, filter): one page, newest first, as a Relay connection."""
@@ -562,13 +692,17 @@ class Compiler:
         return f"json_build_object({', '.join(entries)})"
 
     def statement(self, operation: OperationDefinitionNode) -> ReadPlan:
-        """The whole statement: the session, then the data."""
-        data = self.selection("Query", [operation.selection_set], "")
+        """The whole statement: the session, then the data. A mutation's function is
+        joined to the session's row, so it runs once, and only for a live session."""
+        mutates = operation.operation == OperationType.MUTATION
+        data = self.selection("Mutation" if mutates else "Query", [operation.selection_set], "")
+        if mutates and self.mutation is None:
+            raise NotCompiled("a mutation that changes nothing")
         sql = (
             f"SELECT convert_to(json_build_object('data', {data})::text, 'UTF8') "
             f"FROM live_session_user($1::bytea) {VIEWER_ALIAS} {' '.join(self.joins)}"
         )
-        return ReadPlan(sql=sql, parameters=self.parameters)
+        return ReadPlan(sql=sql, parameters=self.parameters, mutation=self.mutation)
 
 
 def prospects_page_source(page: list[str]) -> str:
@@ -646,8 +780,8 @@ def plan_document(
     """What can be compiled of a valid document's operation, or NotCompiled."""
     document = parsed.document
     operation = get_operation_ast(document, operation_name)
-    if operation is None or operation.operation != OperationType.QUERY:
-        raise NotCompiled("not one query operation")
+    if operation is None or operation.operation == OperationType.SUBSCRIPTION:
+        raise NotCompiled("not one query or mutation operation")
     finder = _DirectiveVariables()
     visit(document, finder)
     name = operation.name.value if operation.name else None

@@ -1,17 +1,22 @@
-"""The compiled read path: POST /graphql for a query the compiler knows, in one round trip.
+"""The compiled path: POST /graphql for an operation the compiler knows, in one round trip.
 
 One seam in front of Strawberry's view. A request whose document compiles
-(graph/read_plans.py) runs one statement that looks the session up and builds the whole
-response in PostgreSQL; its text goes to the client as it comes, with the headers, status
-and media type the view would give it (graph/responses.py) and the request counted in the
-metrics. Everything else goes to the view unchanged: GET, another content type, a
-document that does not parse, validate or compile, a mutation or subscription, no token,
-an argument the resolvers would refuse, a statement that finds no session or no prospect,
-a database error. graphql-core then answers, with its errors; a request that falls back
-after its statement ran (an error case) costs a second round trip.
+(graph/read_plans.py: the reads, and the startCall and endCall mutations) runs one
+statement that looks the session up and builds the whole response in PostgreSQL; its
+text goes to the client as it comes, with the headers, status and media type the view
+would give it (graph/responses.py) and the request counted in the metrics. Everything
+else goes to the view unchanged: GET, another content type, a document that does not
+parse, validate or compile, a subscription, no token, an argument the resolvers would
+refuse, a statement that finds no session or no prospect, an error PostgreSQL reports.
+graphql-core then answers, with its errors; a request that falls back after its
+statement ran (an error case) costs a second round trip. That is safe for a mutation
+too: a statement PostgreSQL refused changed nothing. One whose connection failed (lost,
+or the server going away) may have committed, so it is answered here, as the view
+answers it, and never run again.
 
-COMPILED_READS=0 turns the seam off, for diagnosis; tests/test_compiled_reads.py runs a
-corpus of documents through both paths and requires the same answers.
+COMPILED_READS=0 turns the seam off, for diagnosis; tests/test_compiled_reads.py and
+tests/test_compiled_calls.py run documents through both paths and require the same
+answers.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from graph.documents import (
     validate_document,
     variables_problem,
 )
-from graph.read_plans import DocumentPlans, NotCompiled, plan_document
+from graph.extensions import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, is_database_unavailable
+from graph.read_plans import DocumentPlans, Mutation, NotCompiled, plan_document
 from graph.responses import GRAPHQL_RESPONSE_JSON, prefers_graphql_response
 from resolvers.auth import bearer_token, hash_token
 
@@ -140,17 +146,22 @@ class CompiledReads:
             log.warning("compiled read fell back", exc_info=True)
             return None
         except Exception as error:
-            # The view answers it again, with its code (SERVICE_UNAVAILABLE, BAD_USER_INPUT
-            # for a value the database refuses).
-            log.debug("compiled read fell back: %r", error)
+            if plan.mutation is not None and (
+                not isinstance(error, asyncpg.PostgresError) or is_database_unavailable(error)
+            ):
+                # The connection failed or the server is going away: the mutation may
+                # have committed, so it must not run again. Answered as the view answers.
+                answer = _mutation_failed(plan.mutation, error)
+                _label(scope, operation_name, document, _error_code(answer))
+                return answer
+            # PostgreSQL refused the statement, so it changed nothing: the view answers
+            # again, with its code (a rule's refusal, BAD_USER_INPUT for a value the
+            # database refuses). A mutation runs a second time this way.
+            log.debug("compiled operation fell back: %r", error)
             return None
         if answer is None:
             return None
-        labels = scope.get(metrics.SCOPE_KEY)
-        if isinstance(labels, metrics.RequestLabels):
-            name = operation_name if operation_name is not None else document.operation_name
-            labels.operation = metrics.operation_label(name)
-            labels.outcome = "OK"
+        _label(scope, operation_name, document, "OK")
         return answer
 
     def document(self, query: str, operation_name: str | None) -> DocumentPlans | None:
@@ -171,6 +182,34 @@ class CompiledReads:
         if len(self.documents) > MAX_DOCUMENTS:
             self.documents.popitem(last=False)
         return plans
+
+
+def _label(scope: Scope, operation_name: str | None, document: DocumentPlans, outcome: str) -> None:
+    """The request's operation and outcome, for the metrics, as the view notes them."""
+    labels = scope.get(metrics.SCOPE_KEY)
+    if isinstance(labels, metrics.RequestLabels):
+        name = operation_name if operation_name is not None else document.operation_name
+        labels.operation = metrics.operation_label(name)
+        labels.outcome = outcome
+
+
+def _mutation_failed(mutation: Mutation, error: Exception) -> bytes:
+    """The view's answer to a mutation whose field raised error: data null (each call
+    mutation's answer is non-null) and the error at the field, coded as
+    graph/extensions.py codes it."""
+    if is_database_unavailable(error):
+        code, message = "SERVICE_UNAVAILABLE", UNAVAILABLE_MESSAGE
+    else:
+        log.error("unexpected error at %s: %r", [mutation.key], error, exc_info=error)
+        code, message = "INTERNAL_SERVER_ERROR", INTERNAL_MESSAGE
+    formatted = GraphQLError(
+        message, nodes=mutation.node, path=[mutation.key], extensions={"code": code}
+    ).formatted
+    return orjson.dumps({"data": None, "errors": [formatted]})
+
+
+def _error_code(answer: bytes) -> str:
+    return str(orjson.loads(answer)["errors"][0]["extensions"]["code"])
 
 
 def _first_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
