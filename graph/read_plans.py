@@ -182,6 +182,12 @@ START_CALL_PAYLOAD = {
     "activeCallId": "{t}.active_call_id",
     "callLogId": "{t}.call_log_id",
 }
+# nextLead's answer when it started a call (next_lead() returns no row when nothing is
+# callable: the statement answers nothing, and graphql-core says what holds leads back).
+NEXT_LEAD_PAYLOAD = {
+    "callLogId": "{t}.call_log_id",
+    "nothingCallable": "false",
+}
 # The active call as start_call() returns it, active_call_json() (ActiveCall.from_record).
 ACTIVE_CALL_JSON = {
     "id": "({t}->>'id')",
@@ -574,14 +580,21 @@ class Compiler:
             arguments = ", ".join([*values[:2], f"{VIEWER_ALIAS}.id", *values[2:]])
             self.joins.append(f"CROSS JOIN LATERAL end_call({arguments}) {row}")
             return self.result("CallLog", nodes, row)
+        if name == "nextLead":
+            if node.arguments:
+                raise NotCompiled("arguments to nextLead")
+            self.joins.append(f"CROSS JOIN LATERAL next_lead({VIEWER_ALIAS}.id) {row}")
+            return self.result("NextLeadPayload", nodes, row)
         raise NotCompiled(f"Mutation.{name}")
 
     def result(self, type_name: str, nodes: list[FieldNode], source: str) -> str:
         """json_build_object of a mutation's answer, from what its function returned."""
         scalars = {
             "StartCallPayload": START_CALL_PAYLOAD,
+            "NextLeadPayload": NEXT_LEAD_PAYLOAD,
             "ActiveCall": ACTIVE_CALL_JSON,
             "CallLog": CALL_LOG,
+            "Prospect": PROSPECT,
         }[type_name]
         fields = self.collect(type_name, [node.selection_set for node in nodes])
         if not fields or len(fields) > MAX_KEYS:
@@ -595,8 +608,20 @@ class Compiler:
                 if field_nodes[0].selection_set is not None:
                     raise NotCompiled("a selection on a scalar")
                 value = _column(scalars[name], source)
-            elif type_name == "StartCallPayload" and name == "activeCall":
+            elif type_name == "NextLeadPayload" and name == "heldBack":
+                value = "'[]'::json"  # empty when a call started, whatever it selects
+            elif type_name in ("StartCallPayload", "NextLeadPayload") and name == "activeCall":
                 value = self.result("ActiveCall", field_nodes, f"{source}.active_call")
+            elif type_name == "NextLeadPayload" and name == "prospect":
+                # Its own columns only: next_lead() does not write the prospect it hands
+                # out (no rule's hold, no status), so the statement's snapshot reads what
+                # the resolver reads after the commit; what starting the call wrote
+                # (activeCall, callHistory) it would not see.
+                inner = self.alias()
+                value = (
+                    f"(SELECT {self.result('Prospect', field_nodes, inner)} "
+                    f"FROM prospects {inner} WHERE {inner}.id = {source}.prospect_id)"
+                )
             else:
                 raise NotCompiled(f"{type_name}.{name} in a mutation's answer")
             entries.append(f"{_key(key)}, {value}")

@@ -1,7 +1,7 @@
 """The compiled path: POST /graphql for an operation the compiler knows, in one round trip.
 
 One seam in front of Strawberry's view. A request whose document compiles
-(graph/read_plans.py: the reads, and the startCall and endCall mutations) runs one
+(graph/read_plans.py: the reads, and the startCall, endCall and nextLead mutations) runs one
 statement that looks the session up and builds the whole response in PostgreSQL; its
 text goes to the client as it comes, with the headers, status and media type the view
 would give it (graph/responses.py) and the request counted in the metrics. Everything
@@ -156,12 +156,16 @@ class CompiledReads:
                 return answer
             # PostgreSQL refused the statement, so it changed nothing: the view answers
             # again, with its code (a rule's refusal, BAD_USER_INPUT for a value the
-            # database refuses). A mutation runs a second time this way.
+            # database refuses). A mutation runs a second time this way, as it does when
+            # nextLead found nothing callable (no row: the view says what holds leads back).
             log.debug("compiled operation fell back: %r", error)
             return None
         if answer is None:
             return None
         _label(scope, operation_name, document, "OK")
+        if plan.mutation is not None and plan.mutation.node.name.value == "nextLead":
+            # "Nothing callable" fell back above, and the view counted it.
+            metrics.count_next_lead("started")
         return answer
 
     def document(self, query: str, operation_name: str | None) -> DocumentPlans | None:

@@ -132,8 +132,10 @@ def shape(value: Any, seen: dict[str, str] | None = None) -> Any:
     """The answer with each id replaced by the order it first appears in, and each time
     by a mark, once it is known to be written as the server writes a DateTime."""
     seen = {} if seen is None else seen
+    if isinstance(value, tuple):  # a key and its value (ordered() keeps objects so)
+        return (value[0], shape(value[1], seen))
     if isinstance(value, list):
-        return [(key, shape(item, seen)) for key, item in value]
+        return [shape(item, seen) for item in value]
     if isinstance(value, str) and UUID.match(value):
         return seen.setdefault(value, f"id{len(seen)}")
     if isinstance(value, str) and DATETIME.match(value):
@@ -415,3 +417,80 @@ async def test_racing_agents_start_each_prospect_once(servers: Servers, pool: as
             == 10
         )
         await pool.execute("DELETE FROM active_calls")
+
+
+PROSPECT_FIELDS = (
+    "__typename id name phone email company status lastCall createdAt updatedAt timeZone "
+    "timeZones priority"
+)
+NEXT_LEAD_EVERYTHING = f"""
+mutation Next {{
+  lead: nextLead {{
+    __typename nothingCallable callLogId
+    prospect {{ {PROSPECT_FIELDS} }}
+    activeCall {{ {ACTIVE_CALL_FIELDS} }}
+    heldBack {{ code prospects }}
+  }}
+}}
+"""
+PROSPECT_READ = f"query($id: ID!) {{ prospect(id: $id) {{ {PROSPECT_FIELDS} }} }}"
+
+
+async def test_next_lead_hands_out_what_graphql_core_reads_back(
+    servers: Servers, pool: asyncpg.Pool
+) -> None:
+    """A lead through the compiled path: the prospect and the active call as graphql-core
+    reads them afterwards; a lead through the reference server answers the same shape;
+    nothing callable falls back, and both servers say the same about what holds leads back."""
+    for _ in range(2):
+        await add_prospect(servers.compiled, servers.team.manager["token"], next_phone())
+    await pool.execute("UPDATE prospects SET email = 'lead@mail.test', company = 'Initech'")
+    answered = servers.counters.answered
+    compiled = await post(servers.compiled, NEXT_LEAD_EVERYTHING, {}, servers.token)
+    reference = await post(servers.reference, NEXT_LEAD_EVERYTHING, {}, servers.token)
+    assert servers.counters.answered == answered + 1
+    assert shape(ordered(compiled.text)) == shape(ordered(reference.text))
+    lead = compiled.json()["data"]["lead"]
+    assert (lead["nothingCallable"], lead["heldBack"]) == (False, [])
+    read = await servers.reference.data(
+        PROSPECT_READ, {"id": lead["prospect"]["id"]}, servers.token
+    )
+    assert lead["prospect"] == read["prospect"]
+    board = (await servers.reference.data(ACTIVE_CALLS_READ, token=servers.token))["activeCalls"]
+    assert lead["activeCall"] in board
+    assert lead["activeCall"]["callLogId"] == lead["callLogId"]
+
+    # Nothing left: the same answer from both, through graphql-core.
+    compiled, reference = await both(servers, NEXT_LEAD_EVERYTHING, {})
+    assert ordered(compiled.text) == ordered(reference.text)
+    assert compiled.json()["data"]["lead"]["nothingCallable"] is True
+    assert servers.counters.answered == answered + 1
+    assert await pool.fetchval("SELECT count(*) FROM active_calls") == 2
+
+
+async def test_racing_agents_never_share_a_lead(servers: Servers, pool: asyncpg.Pool) -> None:
+    """Four agents ask for leads at once through the compiled path until none is left:
+    every prospect handed out once."""
+    agents = [
+        *servers.team.agents,
+        *[
+            await add_user(pool, servers.compiled, f"more{n}@test.example", "agent")
+            for n in range(2)
+        ],
+    ]
+    prospects = [
+        await add_prospect(servers.compiled, servers.team.manager["token"], next_phone())
+        for _ in range(24)
+    ]
+    handed: list[str] = []
+    query = "mutation { nextLead { nothingCallable callLogId prospect { id } } }"
+    while True:
+        bodies = await asyncio.gather(
+            *(servers.compiled.data(query, token=agent["token"]) for agent in agents)
+        )
+        leads = [body["nextLead"] for body in bodies if not body["nextLead"]["nothingCallable"]]
+        handed += [lead["prospect"]["id"] for lead in leads]
+        if not leads:
+            break
+        await pool.execute("DELETE FROM active_calls")
+    assert sorted(handed) == sorted(prospect["id"] for prospect in prospects)

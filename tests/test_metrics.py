@@ -174,6 +174,17 @@ async def test_requests_waiting_for_a_pool_connection_are_counted(
             stuck = asyncio.ensure_future(
                 one.graphql(START_CALL, {"p": prospect["id"]}, team.agent["token"])
             )
+
+            async def stuck_on_the_lock() -> bool:
+                return bool(
+                    await pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE '%start_call%'"
+                    )
+                )
+
+            # Only then the second request, or it could take the connection first.
+            await wait_until(stuck_on_the_lock, 20, "startCall never waited for the lock")
             waiting = asyncio.ensure_future(
                 one.graphql("{ activeCalls { id } }", token=team.agent["token"])
             )
