@@ -1,7 +1,7 @@
 """Compiled reads: a query document becomes one SQL statement that returns the whole
-response as JSON built by PostgreSQL (docs/reads.md). So do the call mutations,
-startCall and endCall: their function joined to the session, their answer built from
-what it returns.
+response as JSON built by PostgreSQL (docs/reads.md). So do the call mutations
+(startCall, endCall, heartbeatCall, nextLead): their function joined to the session,
+their answer built from what it returns.
 
 A plan is made once per document, operation and @skip/@include values, from a document
 that parsed and validated under the schema's own rules, and only when the compiler knows
@@ -295,6 +295,13 @@ def _start_call(arguments: dict[str, Any]) -> Sequence[Any]:
         raise Fallback from None
 
 
+def _heartbeat_call(arguments: dict[str, Any]) -> Sequence[Any]:
+    try:
+        return (parse_id(arguments["callLogId"], "callLogId"),)
+    except DomainError:
+        raise Fallback from None
+
+
 def _end_call(arguments: dict[str, Any]) -> Sequence[Any]:
     """endCall's arguments, checked as the resolver checks them (CallOutcome.validate())."""
     outcome = CallOutcome(
@@ -580,6 +587,16 @@ class Compiler:
             arguments = ", ".join([*values[:2], f"{VIEWER_ALIAS}.id", *values[2:]])
             self.joins.append(f"CROSS JOIN LATERAL end_call({arguments}) {row}")
             return self.result("CallLog", nodes, row)
+        if name == "heartbeatCall":
+            group = self.arguments("Mutation", node, _heartbeat_call)
+            call_log = self.parameters.slot(group, 0, "uuid")
+            self.joins.append(
+                f"CROSS JOIN LATERAL heartbeat_call({call_log}, {VIEWER_ALIAS}.id) {row}"
+            )
+            # As the heartbeat_call named query answers: the call as events carry it.
+            call = self.alias()
+            self.joins.append(f"CROSS JOIN LATERAL (SELECT active_call_json({row}) AS json) {call}")
+            return self.result("ActiveCall", nodes, f"{call}.json")
         if name == "nextLead":
             if node.arguments:
                 raise NotCompiled("arguments to nextLead")

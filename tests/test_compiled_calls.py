@@ -494,3 +494,38 @@ async def test_racing_agents_never_share_a_lead(servers: Servers, pool: asyncpg.
             break
         await pool.execute("DELETE FROM active_calls")
     assert sorted(handed) == sorted(prospect["id"] for prospect in prospects)
+
+
+HEARTBEAT = f"""
+mutation($c: ID!) {{ heartbeatCall(callLogId: $c) {{ {ACTIVE_CALL_FIELDS} }} }}
+"""
+
+
+async def test_heartbeats_answer_as_graphql_core(servers: Servers, pool: asyncpg.Pool) -> None:
+    """A heartbeat through each path: the same call, the lease pushed on, as graphql-core
+    reads it back; another agent's call and a call not active refused alike by both."""
+    prospect = await add_prospect(servers.compiled, servers.token, next_phone())
+    call = (await servers.compiled.data(START_SMALL, {"p": prospect["id"]}, servers.token))[
+        "startCall"
+    ]
+    await pool.execute("UPDATE active_calls SET lease_expires_at = now() + interval '1 second'")
+    answered = servers.counters.answered
+    compiled = await post(servers.compiled, HEARTBEAT, {"c": call["callLogId"]}, servers.token)
+    assert servers.counters.answered == answered + 1
+    beat = compiled.json()["data"]["heartbeatCall"]
+    board = (await servers.reference.data(ACTIVE_CALLS_READ, token=servers.token))["activeCalls"]
+    assert board == [beat]
+    assert beat["leaseExpiresAt"] > beat["startedAt"]
+    reference = await post(servers.reference, HEARTBEAT, {"c": call["callLogId"]}, servers.token)
+    assert shape(ordered(compiled.text)) == shape(ordered(reference.text))
+    for name, token, call_log in (
+        ("another agent's call", servers.team.agents[1]["token"], call["callLogId"]),
+        ("not active", servers.token, "00000000-0000-4000-8000-000000000000"),
+        ("not an id", servers.token, "nope"),
+    ):
+        one, other = await both(servers, HEARTBEAT, {"c": call_log}, token)
+        assert (one.status_code, ordered(one.text)) == (other.status_code, ordered(other.text)), (
+            name
+        )
+        assert one.json()["errors"][0]["extensions"]["code"], name
+    assert servers.counters.answered == answered + 1
