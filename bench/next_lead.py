@@ -434,8 +434,8 @@ FUNCTION_SOURCE = "SELECT prosrc FROM pg_proc WHERE proname = $1"
 POOL_RANKING = (
     "pool stage, open sets of zones by their heads",
     "next_lead",
-    r"SELECT k\.zones(?:, h\.id)?\s+FROM open_queue_zones\(now\(\)\) k"
-    r".*?h\.created_at, h\.id(?=\s+LOOP)",
+    r"SELECT k\.zones(?:, h\.id)?\s+FROM (?:open_queue_zones\(now\(\)\)|\(SELECT s::text\[\] AS"
+    r" zones FROM unnest\(v_sets\) s\)) k.*?h\.created_at, h\.id(?=\s+LOOP)",
 )
 POOL_STAGE = (
     "pool stage",
@@ -470,6 +470,7 @@ SUBSTITUTIONS = (
     (r"\bv_rules\.(\w+)", r"(SELECT \1 FROM dialing_rules)"),
     (r"\bv_zones\b", "%zones%"),
     (r"\bv_seen\b", "%seen%"),
+    (r"\bv_sets\b", "ARRAY(SELECT zones::text FROM open_queue_zones(now()))"),
     (r"\bp_agent_id\b", "%agent%"),
     (r"\bv_grace\b", "(SELECT callback_grace FROM dialing_rules)"),
 )
@@ -1204,6 +1205,9 @@ async def probe_once(
 ) -> tuple[float, dict[str, tuple[int, float]], bool]:
     """One next_lead() call, rolled back: its round trip, each function's calls and time
     inside it, and whether it handed out a prospect."""
+    # The open sets of zones a committed call keeps on its connection for the minute (a
+    # rolled-back call drops what it found): kept here, outside the call.
+    await connection.execute("SELECT open_queue_zone_sets(false)")
     transaction = connection.transaction()
     await transaction.start()
     try:
