@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -733,6 +734,7 @@ def keep_seed(postgres: common.TemporaryPostgres, seeded: Seeded, seed_dir: Path
         ["cp", "-a", str(postgres.directory / "postgres"), str(seed_dir / "postgres")],
         check=True,
     )
+    settle_page_cache(evict=seed_dir / "postgres")  # the run goes on with the original
     kept = asdict(seeded)
     kept["agent_ids"] = [str(agent) for agent in seeded.agent_ids]
     (seed_dir / SEEDED_FILE).write_text(json.dumps(kept))
@@ -758,8 +760,24 @@ def restore_seed(postgres: common.TemporaryPostgres, seed_dir: Path, options: Op
     subprocess.run(["rm", "-rf", str(data)], check=True)
     subprocess.run(["cp", "-a", str(seed_dir / "postgres"), str(data)], check=True)
     (data / ".handle_pids.json").unlink(missing_ok=True)
+    # A freshly seeded database sits in the OS page cache (it was just written, its indexes
+    # built, vacuumed): so should the copy. Let go of the kept copy's pages, read the new one.
+    settle_page_cache(evict=seed_dir / "postgres", read=data)
     log_step(step, f"copied the database seeded at {seeded.seeded_at} from {seed_dir}")
     return seeded
+
+
+def settle_page_cache(evict: Path, read: Path | None = None) -> None:
+    """Drop evict's files from the OS page cache and read read's files into it."""
+    for path in evict.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    for path in read.rglob("*") if read is not None else []:
+        if path.is_file():
+            with path.open("rb") as handle:
+                while handle.read(1 << 20):
+                    pass
 
 
 # --- measuring --------------------------------------------------------------------------
