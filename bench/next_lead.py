@@ -408,6 +408,7 @@ XACT_FUNCTION_STATS = """
 SELECT funcname, calls, total_time FROM pg_stat_xact_user_functions
 WHERE funcname IN ('next_lead', 'call_refusal', 'record_call_start')
 """
+KEEPS_ZONE_SETS = "SELECT to_regproc('open_queue_zone_sets') IS NOT NULL"
 # A probe: calls on the connection first (unmeasured), then the calls measured.
 PROBE_WARM_CALLS = 5
 PROBE_CALLS = 30
@@ -1224,8 +1225,10 @@ async def probe_once(
     """One next_lead() call, rolled back: its round trip, each function's calls and time
     inside it, and whether it handed out a prospect."""
     # The open sets of zones a committed call keeps on its connection for the minute (a
-    # rolled-back call drops what it found): kept here, outside the call.
-    await connection.execute("SELECT open_queue_zone_sets(false)")
+    # rolled-back call drops what it found): kept here, outside the call (when the code
+    # measured keeps them; older commits do not).
+    if await connection.fetchval(KEEPS_ZONE_SETS):
+        await connection.execute("SELECT open_queue_zone_sets(false)")
     transaction = connection.transaction()
     await transaction.start()
     try:
