@@ -38,7 +38,14 @@ dialer offering leads at a steady pace sees); without it they loop as fast as th
 
 Usage: .venv/bin/python bench/next_lead.py [--seconds 15] [--warmup 3]
            [--prospects 1000000] [--call-logs 10000000] [--concurrency 16,64]
-           [--phases fresh,worn] [--rate 50] [--json]
+           [--phases fresh,worn] [--rate 50] [--json] [--seed-dir DIR] [--seed-only]
+
+Seeding a million prospects takes 4 to 11 minutes. With --seed-dir, the first run keeps a
+copy of the freshly seeded data directory there (PostgreSQL stopped, about 6 GB), and later
+runs with the same sizes start from a copy of that copy instead of seeding: the migrations
+and the changed functions of the checkout are applied to it, so one seed serves several
+commits. The copy's clock has moved on since it was seeded (more callbacks are due, a few
+assignments have expired); the report says when it was seeded.
 
 The load generator, the server and PostgreSQL share the machine's cores; compare ratios
 and trends from one run, not absolute figures between machines.
@@ -49,8 +56,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import secrets
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -58,6 +67,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -82,6 +92,8 @@ FRESH, WORN = "fresh", "worn"
 FLUSH_SECONDS = 12.0
 # Warm-up grows by a second per this many agents (64 agents: 10.7 s).
 WARMUP_AGENTS_PER_SECOND = 6
+# In --seed-dir: what was seeded (JSON) beside the stopped data directory.
+SEEDED_FILE = "seeded.json"
 
 NEXT_LEAD_MUTATION = "mutation { nextLead { nothingCallable callLogId prospect { id } } }"
 
@@ -392,9 +404,14 @@ OPEN_ZONES = "SELECT array_agg(array_to_string(zones, '+')) FROM open_queue_zone
 # Every weekday closed (in a transaction that is rolled back): nothing is callable.
 CLOSE_ALL_HOURS = "DELETE FROM calling_hours"
 # Rule checks (call_refusal()) run in this transaction so far.
-XACT_ELIGIBILITY_CHECKS = """
-SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'call_refusal'
+XACT_FUNCTION_STATS = """
+SELECT funcname, calls, total_time FROM pg_stat_xact_user_functions
+WHERE funcname IN ('next_lead', 'call_refusal', 'record_call_start')
 """
+KEEPS_ZONE_SETS = "SELECT to_regproc('open_queue_zone_sets') IS NOT NULL"
+# A probe: calls on the connection first (unmeasured), then the calls measured.
+PROBE_WARM_CALLS = 5
+PROBE_CALLS = 30
 AUTO_EXPLAIN = """
 LOAD 'auto_explain';
 SET auto_explain.log_min_duration = 0;
@@ -419,8 +436,8 @@ FUNCTION_SOURCE = "SELECT prosrc FROM pg_proc WHERE proname = $1"
 POOL_RANKING = (
     "pool stage, open sets of zones by their heads",
     "next_lead",
-    r"SELECT k\.zones(?:, h\.id)?\s+FROM open_queue_zones\(now\(\)\) k"
-    r".*?h\.created_at, h\.id(?=\s+LOOP)",
+    r"SELECT k\.zones(?:, h\.id)?\s+FROM (?:open_queue_zones\(now\(\)\)|\(SELECT s::text\[\] AS"
+    r" zones FROM unnest\(v_sets\) s\)) k.*?h\.created_at, h\.id(?=\s+LOOP)",
 )
 POOL_STAGE = (
     "pool stage",
@@ -455,6 +472,7 @@ SUBSTITUTIONS = (
     (r"\bv_rules\.(\w+)", r"(SELECT \1 FROM dialing_rules)"),
     (r"\bv_zones\b", "%zones%"),
     (r"\bv_seen\b", "%seen%"),
+    (r"\bv_sets\b", "ARRAY(SELECT zones::text FROM open_queue_zones(now()))"),
     (r"\bp_agent_id\b", "%agent%"),
     (r"\bv_grace\b", "(SELECT callback_grace FROM dialing_rules)"),
 )
@@ -517,6 +535,7 @@ class Seeded:
     seconds: dict[str, float] = field(default_factory=dict)
     agent_ids: list[UUID] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
+    seeded_at: str = ""
 
 
 def area_zones() -> list[str]:
@@ -679,6 +698,7 @@ async def seed(url: str, options: Options) -> Seeded:
             seconds=seconds,
             agent_ids=agent_ids,
             tokens=tokens,
+            seeded_at=seeded_at.isoformat(),
         )
         facts = await one_row(first, QUEUE_FACTS)
         seeded.open_prospects = facts["open"]
@@ -703,6 +723,62 @@ async def seed(url: str, options: Options) -> Seeded:
     finally:
         await first.close()
         await second.close()
+
+
+def keep_seed(postgres: common.TemporaryPostgres, seeded: Seeded, seed_dir: Path) -> None:
+    """Copy the stopped data directory and what was seeded to seed_dir."""
+    step = time.perf_counter()
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    postgres.server.cleanup()  # stopped cleanly, so the copy needs no recovery
+    # cp -a keeps the owner: as root the wheel runs PostgreSQL as another user.
+    subprocess.run(
+        ["cp", "-a", str(postgres.directory / "postgres"), str(seed_dir / "postgres")],
+        check=True,
+    )
+    settle_page_cache(evict=seed_dir / "postgres")  # the run goes on with the original
+    kept = asdict(seeded)
+    kept["agent_ids"] = [str(agent) for agent in seeded.agent_ids]
+    (seed_dir / SEEDED_FILE).write_text(json.dumps(kept))
+    log_step(step, f"kept a copy of the seeded database in {seed_dir}")
+
+
+def restore_seed(postgres: common.TemporaryPostgres, seed_dir: Path, options: Options) -> Seeded:
+    """Replace the empty data directory with a copy of the kept one; what was seeded."""
+    step = time.perf_counter()
+    kept = json.loads((seed_dir / SEEDED_FILE).read_text())
+    kept["agent_ids"] = [UUID(agent) for agent in kept["agent_ids"]]
+    seeded = Seeded(**kept)
+    wanted = (options.prospects, options.call_logs, options.agents)
+    if (seeded.prospects, seeded.call_logs, seeded.agents) != wanted:
+        raise SystemExit(
+            f"{seed_dir} holds {seeded.prospects:,} prospects, {seeded.call_logs:,} call logs "
+            f"and {seeded.agents} agents; asked for {wanted[0]:,}, {wanted[1]:,} and {wanted[2]}"
+        )
+    if len(seeded.tokens) < max(options.concurrency):
+        raise SystemExit(f"{seed_dir} signed in {len(seeded.tokens)} agents only")
+    postgres.server.cleanup()
+    data = postgres.directory / "postgres"
+    subprocess.run(["rm", "-rf", str(data)], check=True)
+    subprocess.run(["cp", "-a", str(seed_dir / "postgres"), str(data)], check=True)
+    (data / ".handle_pids.json").unlink(missing_ok=True)
+    # A freshly seeded database sits in the OS page cache (it was just written, its indexes
+    # built, vacuumed): so should the copy. Let go of the kept copy's pages, read the new one.
+    settle_page_cache(evict=seed_dir / "postgres", read=data)
+    log_step(step, f"copied the database seeded at {seeded.seeded_at} from {seed_dir}")
+    return seeded
+
+
+def settle_page_cache(evict: Path, read: Path | None = None) -> None:
+    """Drop evict's files from the OS page cache and read read's files into it."""
+    for path in evict.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    for path in read.rglob("*") if read is not None else []:
+        if path.is_file():
+            with path.open("rb") as handle:
+                while handle.read(1 << 20):
+                    pass
 
 
 # --- measuring --------------------------------------------------------------------------
@@ -1030,12 +1106,18 @@ async def wear_queue(url: str) -> tuple[int, float]:
 
 @dataclass
 class Probe:
-    """One next_lead() call, rolled back."""
+    """next_lead() called PROBE_CALLS times on a warm connection, each rolled back: the
+    median (and 20th percentile) of the round trip and of the time inside next_lead() and
+    the functions it calls (pg_stat_xact_user_functions)."""
 
     when: str
     milliseconds: float
     checks: int
     handed: bool
+    database_ms: float = 0.0
+    database_p20_ms: float = 0.0
+    refusal_ms: float = 0.0
+    record_ms: float = 0.0
 
 
 @dataclass
@@ -1131,21 +1213,68 @@ def nested_statements(notices: list[str]) -> list[str]:
     return lines
 
 
-async def probe_next_lead(connection: asyncpg.Connection, agent: UUID, when: str) -> Probe:
-    """One next_lead() call, rolled back: its time and the candidates it checked."""
+async def xact_function_stats(connection: asyncpg.Connection) -> dict[str, tuple[int, float]]:
+    """calls and milliseconds per function not yet flushed (this transaction's included)."""
+    rows = await connection.fetch(XACT_FUNCTION_STATS)
+    return {row["funcname"]: (row["calls"], row["total_time"]) for row in rows}
+
+
+async def probe_once(
+    connection: asyncpg.Connection, agent: UUID
+) -> tuple[float, dict[str, tuple[int, float]], bool]:
+    """One next_lead() call, rolled back: its round trip, each function's calls and time
+    inside it, and whether it handed out a prospect."""
+    # The open sets of zones a committed call keeps on its connection for the minute (a
+    # rolled-back call drops what it found): kept here, outside the call (when the code
+    # measured keeps them; older commits do not).
+    if await connection.fetchval(KEEPS_ZONE_SETS):
+        await connection.execute("SELECT open_queue_zone_sets(false)")
     transaction = connection.transaction()
     await transaction.start()
     try:
         # The xact view also holds counts not yet flushed from earlier transactions; nothing
         # is flushed inside a transaction, so the difference is this call's.
-        before = await connection.fetchval(XACT_ELIGIBILITY_CHECKS)
+        before = await xact_function_stats(connection)
         began = time.perf_counter()
         row = await connection.fetchrow("SELECT prospect_id FROM next_lead($1)", agent)
         milliseconds = (time.perf_counter() - began) * 1000
-        checks = await connection.fetchval(XACT_ELIGIBILITY_CHECKS) - before
+        after = await xact_function_stats(connection)
     finally:
         await transaction.rollback()
-    return Probe(when=when, milliseconds=milliseconds, checks=checks, handed=row is not None)
+    spent = {
+        name: (calls - before.get(name, (0, 0.0))[0], total - before.get(name, (0, 0.0))[1])
+        for name, (calls, total) in after.items()
+    }
+    return milliseconds, spent, row is not None
+
+
+async def probe_next_lead(connection: asyncpg.Connection, agent: UUID, when: str) -> Probe:
+    """next_lead() on a warm connection: PROBE_WARM_CALLS calls first (each new backend
+    compiles the PL/pgSQL and plans its statements on the first ones), then PROBE_CALLS
+    measured, each rolled back, so every call sees the same queue."""
+    for _ in range(PROBE_WARM_CALLS):
+        await probe_once(connection, agent)
+    walls: list[float] = []
+    spent: dict[str, list[float]] = {"next_lead": [], "call_refusal": [], "record_call_start": []}
+    checks, handed = 0, False
+    for _ in range(PROBE_CALLS):
+        milliseconds, functions, handed = await probe_once(connection, agent)
+        walls.append(milliseconds)
+        for name, values in spent.items():
+            values.append(functions.get(name, (0, 0.0))[1])
+        checks = functions.get("call_refusal", (0, 0.0))[0]
+    for values in (walls, *spent.values()):
+        values.sort()
+    return Probe(
+        when=when,
+        milliseconds=common.percentile(walls, 0.5),
+        checks=checks,
+        handed=handed,
+        database_ms=common.percentile(spent["next_lead"], 0.5),
+        database_p20_ms=common.percentile(spent["next_lead"], 0.2),
+        refusal_ms=common.percentile(spent["call_refusal"], 0.5),
+        record_ms=common.percentile(spent["record_call_start"], 0.5),
+    )
 
 
 async def plans_connection(url: str, prospect: UUID, agent: UUID) -> asyncpg.Connection:
@@ -1212,7 +1341,6 @@ async def collect_plans(url: str, seeded: Seeded) -> Plans:
             plans.eligibility[title] = " ".join(statement.split()) + "\n" + plan
             plans.indexes_used[title] = scans(plan)
 
-        plans.probes.append(await probe_next_lead(connection, agent, "warm-up"))
         plans.probes.append(await probe_next_lead(connection, agent, "after the fresh phase"))
 
         # The nested statements of one next_lead() call, as PL/pgSQL runs them.
@@ -1259,7 +1387,7 @@ async def collect_plans(url: str, seeded: Seeded) -> Plans:
 
 
 async def probe_worn_queue(url: str, seeded: Seeded) -> Probe:
-    """One next_lead() after the worn phase, rolled back."""
+    """next_lead() after the worn phase, on a new connection warmed first."""
     setup = await asyncpg.connect(url)
     try:
         prospect = await one_row(setup, SOME_CALLED_PROSPECT)
@@ -1288,6 +1416,8 @@ class Options:
     phases: list[str]
     json: bool
     rate: float | None = None
+    seed_dir: str | None = None
+    seed_only: bool = False
 
 
 def ratio(results: list[Result], result: Result) -> str:
@@ -1366,9 +1496,11 @@ def summary(results: list[Result], plans: Plans) -> str:
         f"{sum(r.deadlocks for r in results)} deadlocks in {len(results)} runs"
         + ("" if not bad else "  <-- FAILED")
     )
-    for probe in plans.probes[1:]:
+    for probe in plans.probes:
         lines.append(
-            f"one next_lead() {probe.when}: {probe.milliseconds:.0f} ms, "
+            f"next_lead() {probe.when}, warm connection, median of {PROBE_CALLS}: "
+            f"{probe.database_ms:.2f} ms in the database (20th percentile "
+            f"{probe.database_p20_ms:.2f}), {probe.milliseconds:.2f} ms round trip, "
             f"{probe.checks} rule checks (call_refusal())"
         )
     lines.append(f"nothing callable: held_back() takes {plans.queue_holds_ms:.0f} ms")
@@ -1521,8 +1653,12 @@ def report(
     print()
     for probe in plans.probes:
         print(
-            f"one next_lead() {probe.when}, rolled back: {probe.milliseconds:.1f} ms, "
-            f"{probe.checks} rule checks (call_refusal())"
+            f"next_lead() {probe.when}, each call rolled back, on a connection that made "
+            f"{PROBE_WARM_CALLS} calls first; median of {PROBE_CALLS}: "
+            f"{probe.database_ms:.2f} ms inside next_lead() (20th percentile "
+            f"{probe.database_p20_ms:.2f}), of which call_refusal() {probe.refusal_ms:.2f} ms "
+            f"and record_call_start() {probe.record_ms:.2f} ms; {probe.milliseconds:.2f} ms "
+            f"round trip; {probe.checks} rule checks (call_refusal())"
             + ("" if probe.handed else ", nothing handed out")
         )
     print()
@@ -1594,6 +1730,13 @@ def parse_options(argv: list[str] | None) -> Options:
         help="open loop: nextLead requests per second offered by all agents together, on a "
         "fixed schedule (default: closed loop, each agent asks again as soon as it is free)",
     )
+    parser.add_argument(
+        "--seed-dir",
+        help="keep a copy of the seeded database here, or start from the copy kept there",
+    )
+    parser.add_argument(
+        "--seed-only", action="store_true", help="seed (and keep, with --seed-dir), then stop"
+    )
     args = parser.parse_args(argv)
     try:
         concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
@@ -1626,6 +1769,8 @@ def parse_options(argv: list[str] | None) -> Options:
         phases=phases,
         json=args.json,
         rate=args.rate,
+        seed_dir=args.seed_dir,
+        seed_only=args.seed_only,
     )
 
 
@@ -1657,10 +1802,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def benchmark(options: Options, postgres: common.TemporaryPostgres, url: str) -> int:
     """Seed, restart PostgreSQL, serve, measure, explain and report; the exit status."""
-    common.log(f"seeding {options.prospects:,} prospects and {options.call_logs:,} call logs ...")
-    seeded = common.run(seed(url, options))
-    common.log(f"seeded in {seeded.seconds['total']:.0f}s; restarting PostgreSQL ...")
-    url = database.with_database(postgres.restart(), DATABASE_NAME)
+    seed_dir = Path(options.seed_dir) if options.seed_dir else None
+    if seed_dir is not None and (seed_dir / SEEDED_FILE).exists():
+        seeded = restore_seed(postgres, seed_dir, options)
+        url = database.with_database(postgres.restart(), DATABASE_NAME)
+        # This checkout's migrations and changed functions.
+        common.run(common.migrate_database(url))
+    else:
+        common.log(
+            f"seeding {options.prospects:,} prospects and {options.call_logs:,} call logs ..."
+        )
+        seeded = common.run(seed(url, options))
+        common.log(f"seeded in {seeded.seconds['total']:.0f}s; restarting PostgreSQL ...")
+        if seed_dir is not None:
+            keep_seed(postgres, seeded, seed_dir)
+        url = database.with_database(postgres.restart(), DATABASE_NAME)
+    if options.seed_only:
+        return 0
     settings = common.run(read_settings(url))
 
     results: list[Result] = []

@@ -21,6 +21,8 @@ from helpers import (
     start,
 )
 
+from sql import database
+
 NEXT_LEAD = """
 mutation {
   nextLead {
@@ -881,3 +883,162 @@ async def test_managers_tune_the_rules(api: Api, team: Team, pool: asyncpg.Pool)
         token=token,
     )
     assert zone["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+# --- the open sets of zones each connection keeps for the minute (open_queue_zone_sets()) ---
+
+
+async def arrange_zoned_prospects(
+    pool: asyncpg.Pool, rows: list[tuple[str, str, int]]
+) -> dict[str, str]:
+    """Prospects (name, explicit zone, priority) straight into the table; their ids by name."""
+    ids = {}
+    for name, zone, priority in rows:
+        ids[name] = str(
+            await pool.fetchval(
+                "INSERT INTO prospects (name, phone, time_zone, priority)"
+                " VALUES ($1, $2, $3, $4) RETURNING id",
+                name,
+                next_phone().replace(" ", ""),
+                zone,
+                priority,
+            )
+        )
+    return ids
+
+
+async def next_lead_checked(connection: asyncpg.Connection, agent_id: str) -> tuple[str, int]:
+    """next_lead() committed on this connection: the prospect and the rule checks it made."""
+    checks = (
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+        " WHERE funcname = 'call_refusal'"
+    )
+    async with connection.transaction():
+        await connection.execute("SET LOCAL track_functions = 'all'")
+        # The view also holds counts of earlier transactions not flushed yet.
+        before = await connection.fetchval(checks)
+        row = await connection.fetchrow("SELECT prospect_id FROM next_lead($1)", agent_id)
+        made: int = await connection.fetchval(checks) - before
+    assert row is not None, "nothing handed out"
+    return str(row["prospect_id"]), made
+
+
+async def test_a_set_of_zones_new_to_the_queue_is_offered_before_nothing_callable(
+    team: Team, pool: asyncpg.Pool
+) -> None:
+    """A connection that found the queue's sets of zones this minute still hands out a
+    prospect of a set that joined the queue since, rather than answer "nothing callable"."""
+    ids = await arrange_zoned_prospects(pool, [("Paris", "Europe/Paris", 0)])
+    async with pool.acquire() as connection:
+        assert await next_lead_checked(connection, team.agents[0]["id"]) == (ids["Paris"], 1)
+        kept = await connection.fetchval("SELECT current_setting('app.queue_zone_sets')")
+        assert kept == '{"{Europe/Paris}"}'
+        ids |= await arrange_zoned_prospects(pool, [("Tokyo", "Asia/Tokyo", 0)])
+        assert await next_lead_checked(connection, team.agents[1]["id"]) == (ids["Tokyo"], 1)
+        kept = await connection.fetchval("SELECT current_setting('app.queue_zone_sets')")
+        assert sorted(kept.strip("{}").split(",")) == ['"{Asia/Tokyo}"', '"{Europe/Paris}"']
+
+
+async def test_changed_calling_hours_are_seen_within_the_minute(
+    team: Team, pool: asyncpg.Pool
+) -> None:
+    """The sets kept for the minute are kept for the hours they were judged under: changing
+    the hours finds them again, so a closed zone is neither offered nor refused."""
+    open_zone, closed_zone = zones_open_and_closed_now()
+    ids = await arrange_zoned_prospects(
+        pool, [("Closed", closed_zone, 9), ("Open", open_zone, 0), ("Open too", open_zone, 0)]
+    )
+    async with pool.acquire() as connection:
+        # All day: the best, in the zone about to close, with both sets kept.
+        assert await next_lead_checked(connection, team.agents[0]["id"]) == (ids["Closed"], 1)
+        await pool.execute("DELETE FROM active_calls")
+        await pool.execute("UPDATE prospects SET last_call = NULL")
+        await pool.execute("UPDATE calling_hours SET opens_at = '09:00', closes_at = '15:00'")
+        assert await next_lead_checked(connection, team.agents[1]["id"]) == (ids["Open"], 1)
+
+
+async def test_a_set_found_closed_by_its_refusal_is_looked_up_again(
+    team: Team, pool: asyncpg.Pool
+) -> None:
+    """Hours closing off the minute: the kept sets name a set that has closed since. Its
+    prospect is refused once (OUTSIDE_CALLING_HOURS), the sets are found again, and the
+    open one is handed out, without walking through the closed set."""
+    open_zone, closed_zone = zones_open_and_closed_now()
+    await pool.execute("UPDATE calling_hours SET opens_at = '09:00', closes_at = '15:00'")
+    rows = [(f"Closed {n}", closed_zone, 9) for n in range(5)] + [("Open", open_zone, 0)]
+    ids = await arrange_zoned_prospects(pool, rows)
+    checks = (
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+        " WHERE funcname = 'call_refusal'"
+    )
+    async with pool.acquire() as connection, connection.transaction():
+        # One transaction, so one now(): the sets are kept for its minute.
+        await connection.execute("SET LOCAL track_functions = 'all'")
+        await connection.execute("SELECT open_queue_zone_sets(false)")
+        # As if found open earlier in the minute.
+        await connection.execute(
+            "SELECT set_config('app.queue_zone_sets', $1, false)",
+            f'{{"{{{closed_zone}}}","{{{open_zone}}}"}}',
+        )
+        before = await connection.fetchval(checks)
+        lead = await connection.fetchval(
+            "SELECT prospect_id FROM next_lead($1)", team.agents[0]["id"]
+        )
+        assert (str(lead), await connection.fetchval(checks) - before) == (ids["Open"], 2)
+        kept = await connection.fetchval("SELECT current_setting('app.queue_zone_sets')")
+        assert kept == f'{{"{{{open_zone}}}"}}'
+    # The refused prospects were not taken out of the queue or changed.
+    changed = (
+        "SELECT count(*) FROM prospects WHERE recycle_until IS NOT NULL OR final_at IS NOT NULL"
+    )
+    assert await pool.fetchval(changed) == 0
+
+
+async def test_agents_pull_from_sets_of_zones_that_change_every_round(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Many agents on connections that keep the sets between rounds, while each round's
+    prospects are in sets of zones the previous round did not have: every callable prospect
+    is handed out once, none twice, and nobody is told "nothing callable" early."""
+    agents = [
+        str(
+            await pool.fetchval(
+                "INSERT INTO users (email, name, password_hash, role)"
+                " VALUES ($1, 'Agent', 'x', 'agent') RETURNING id",
+                f"sets{i}@test.example",
+            )
+        )
+        for i in range(16)
+    ]
+    zones = ["Europe/Paris", "Asia/Tokyo", "America/Chicago", "Australia/Sydney",
+             "Africa/Cairo", "America/Denver", "Asia/Kolkata", "Europe/London",
+             "America/Sao_Paulo", "Pacific/Auckland", "Asia/Dubai", "Europe/Berlin"]  # fmt: skip
+    floor = await database.create_pool(
+        database_url,
+        session=database.SessionSettings(min_call_interval_seconds=300),
+        min_size=len(agents),
+        max_size=len(agents),
+    )
+    try:
+        for round_number in range(12):
+            await pool.execute("DELETE FROM active_calls")
+            await pool.execute("DELETE FROM call_logs")
+            await pool.execute("DELETE FROM prospects")
+            # Two sets new this round, twelve prospects: ten callable, two numbers listed.
+            first, second = zones[round_number], zones[(round_number + 6) % 12]
+            rows = [(f"R{round_number} {n}", first if n % 2 else second, n % 3) for n in range(12)]
+            ids = await arrange_zoned_prospects(pool, rows)
+            await pool.execute(
+                "INSERT INTO do_not_call (phone, source) SELECT phone, 'api' FROM prospects"
+                " ORDER BY phone LIMIT 2"
+            )
+            results = await asyncio.gather(
+                *(floor.fetchrow("SELECT prospect_id FROM next_lead($1)", a) for a in agents)
+            )
+            handed = [str(r["prospect_id"]) for r in results if r is not None]
+            assert len(handed) == len(set(handed)), f"round {round_number}: a prospect twice"
+            assert len(handed) == 10, f"round {round_number}: {len(handed)} handed out"
+            assert set(handed) <= set(ids.values())
+            await pool.execute("DELETE FROM do_not_call")
+    finally:
+        await floor.close()

@@ -51,14 +51,15 @@ CREATE OR REPLACE FUNCTION attempt_caps(p_prospect_id uuid, p_zones text[], p_at
 RETURNS TABLE (total_reached boolean, day_reached boolean, day_ends timestamptz,
                max_total int, max_per_day int)
 LANGUAGE sql STABLE AS $$
-    SELECT count(c.id) >= r.max_attempts_total,
-           count(c.id) FILTER (WHERE c.started_at >= d.starts_at AND c.started_at <= p_at)
-               >= r.max_attempts_per_day,
+    SELECT calls.total >= r.max_attempts_total, calls.today >= r.max_attempts_per_day,
            d.ends_at, r.max_attempts_total, r.max_attempts_per_day
     FROM dialing_rules r
     CROSS JOIN callee_day(p_zones, p_at) d
-    LEFT JOIN call_logs_with_archive c ON c.prospect_id = p_prospect_id
-    GROUP BY r.max_attempts_total, r.max_attempts_per_day, d.starts_at, d.ends_at
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE c.started_at >= d.starts_at AND c.started_at <= p_at) AS today
+        FROM call_logs_with_archive c WHERE c.prospect_id = p_prospect_id
+    ) calls
 $$;
 
 -- Take a prospect out of the queue at an attempt cap: for good when p_closed (closed_by
@@ -94,7 +95,7 @@ DECLARE
     v_last_time timestamptz;
     v_last_caller uuid;
     v_zones text[];
-    v_window record;
+    v_open boolean;
     v_caps record;
     v_number_calls bigint;
     v_number_oldest timestamptz;
@@ -118,7 +119,9 @@ BEGIN
     FROM call_logs c WHERE c.prospect_id = p_prospect_id ORDER BY c.started_at DESC LIMIT 1;
     SELECT true, d.expires_at INTO v_listed, v_listed_until
     FROM do_not_call d WHERE d.phone = v_phone AND do_not_call_in_force(d, p_at);
-    SELECT * INTO v_window FROM calling_window(v_zones, p_at);
+    -- Judged inline; calling_window() (a function call and its statements) works out when
+    -- the hours open only when they are closed.
+    v_open := NOT EXISTS (SELECT 1 FROM closed_time_zones(v_zones, p_at));
     SELECT * INTO v_caps FROM attempt_caps(p_prospect_id, v_zones, p_at);
     -- The number, whichever prospect it was dialled for, in the last 24 hours.
     SELECT count(*), min(recent.started_at) INTO v_number_calls, v_number_oldest FROM (
@@ -148,7 +151,8 @@ BEGIN
         (3, 'RECENTLY_CALLED', called_recently(v_last_time, p_at), false,
          v_last_time + min_call_interval(),
          'Prospect was called recently (within ' || describe_interval(min_call_interval()) || ')'),
-        (4, 'OUTSIDE_CALLING_HOURS', NOT v_window.is_open, false, v_window.next_open,
+        (4, 'OUTSIDE_CALLING_HOURS', NOT v_open, false,
+         CASE WHEN NOT v_open THEN (SELECT w.next_open FROM calling_window(v_zones, p_at) w) END,
          'Outside calling hours in ' || array_to_string(v_zones, ', ')),
         (5, 'MAX_ATTEMPTS_REACHED', v_caps.total_reached, false, NULL,
          'Prospect reached ' || describe_count(v_caps.max_total, 'attempt') || ' in total'),

@@ -45,6 +45,36 @@ LANGUAGE sql STABLE AS $$
       AND NOT EXISTS (SELECT 1 FROM closed_time_zones(prospect_time_zones(s.zones), p_at))
 $$;
 
+-- The open sets of zones of the queue (open_queue_zones(now()), each as its text), as this
+-- connection found them earlier in the same minute under the same calling hours and default
+-- zone: finding them (an index probe per set) and judging their hours took most of the
+-- time nextLead spent choosing from the pool. p_refresh finds them again. Kept in a
+-- session setting (a transaction that rolls back drops what it found). What can be stale,
+-- within the minute: a set of zones new to the queue is not offered (next_lead() looks
+-- again before it answers "nothing callable"), and hours opening or closing off the minute
+-- are seen late (a prospect refused OUTSIDE_CALLING_HOURS makes next_lead() look again).
+-- Every rule still runs on the prospect picked.
+CREATE OR REPLACE FUNCTION open_queue_zone_sets(p_refresh boolean) RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_key text;
+    v_sets text[];
+BEGIN
+    SELECT date_trunc('minute', now())::text || '|' || r.default_time_zone || '|'
+           || coalesce((SELECT string_agg(h.weekday || ' ' || h.opens_at || '-' || h.closes_at,
+                                          ',' ORDER BY h.weekday, h.opens_at)
+                        FROM calling_hours h), '')
+      INTO v_key FROM dialing_rules r;
+    IF NOT p_refresh AND current_setting('app.queue_zone_sets_key', true) = v_key THEN
+        RETURN current_setting('app.queue_zone_sets')::text[];
+    END IF;
+    v_sets := ARRAY(SELECT k.zones::text FROM open_queue_zones(now()) k);
+    PERFORM set_config('app.queue_zone_sets', v_sets::text, false),
+            set_config('app.queue_zone_sets_key', v_key, false);
+    RETURN v_sets;
+END
+$$;
+
 -- Hand the agent the best callable prospect and start the call, in one transaction: due
 -- callbacks (their own first), then their assignments, then the pool by priority and age.
 -- Candidates are taken one at a time with SKIP LOCKED: concurrent agents never wait on
@@ -67,6 +97,8 @@ DECLARE
     v_head uuid;
     v_seen uuid[] := '{}';
     v_own uuid[];
+    v_sets text[];
+    v_refresh boolean := false;
     v_stage int := 1;
 BEGIN
     PERFORM act_as(p_agent_id);
@@ -100,13 +132,15 @@ BEGIN
                 FOR UPDATE OF q SKIP LOCKED;
             END IF;
         ELSE
-            -- The pool: the open sets of zones, best head first (read without locks), and
-            -- in each the best row no other agent holds, locked as in the other stages.
-            -- Only the row taken is locked, so no agent hides callable prospects from the
-            -- others; while agents take rows, the order between sets is approximate.
+            -- The pool: the open sets of zones (as this connection found them this minute),
+            -- best head first (read without locks), and in each the best row no other
+            -- agent holds, locked as in the other stages. Only the row taken is locked, so
+            -- no agent hides callable prospects from the others; while agents take rows,
+            -- the order between sets is approximate.
+            v_sets := open_queue_zone_sets(v_refresh);
             FOR v_zones, v_head IN
                 SELECT k.zones, h.id
-                FROM open_queue_zones(now()) k
+                FROM (SELECT s::text[] AS zones FROM unnest(v_sets) s) k
                 CROSS JOIN LATERAL (
                     SELECT q.priority, q.last_call, q.created_at, q.id FROM queue_pool q
                     WHERE q.queue_zones = k.zones AND q.id <> ALL (v_seen)
@@ -131,6 +165,12 @@ BEGIN
                 END IF;
                 EXIT WHEN v_candidate IS NOT NULL;
             END LOOP;
+            -- Nothing in the sets found earlier: look at the queue again before answering
+            -- "nothing callable" (a set may have joined the queue or opened since).
+            IF v_candidate IS NULL AND NOT v_refresh THEN
+                v_refresh := true;
+                CONTINUE;
+            END IF;
         END IF;
 
         IF v_candidate IS NULL THEN
@@ -156,6 +196,11 @@ BEGIN
         -- on every nextLead while it stays at the head of the queue.
         IF v_refusal.code = 'MAX_ATTEMPTS_REACHED' THEN
             PERFORM hold_at_attempt_cap(v_candidate, v_refusal.until IS NULL, v_refusal.until);
+        END IF;
+        -- Its set closed since the sets were found (hours ending off the minute): find them
+        -- again rather than walk through the rest of a closed set.
+        IF v_refusal.code = 'OUTSIDE_CALLING_HOURS' THEN
+            v_refresh := true;
         END IF;
     END LOOP;
 END
