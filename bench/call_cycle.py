@@ -795,8 +795,8 @@ def report(options: Options, reports: list[PathReport], per_client: int) -> int:
     )
     if options.graphql:
         print(
-            "The server's CPU on the asyncpg path is its listener taking the call events "
-            "those cycles publish (NOTIFY), as it would from any other client."
+            "The server's CPU on the asyncpg path is its reader taking the call events "
+            "those cycles publish (woken by their NOTIFY), as it would from any other client."
         )
     failed = False
     for path in reports:
