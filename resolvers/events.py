@@ -62,26 +62,6 @@ READ_TIMEOUT_SECONDS = 10.0
 DRAIN_POLL_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """Which transactions a PostgreSQL snapshot shows (pg_current_snapshot())."""
-
-    xmin: int
-    xmax: int
-    running: frozenset[int]
-
-    @classmethod
-    def parse(cls, text: str) -> Snapshot:
-        """From pg_snapshot's text form, 'xmin:xmax:xip,xip'."""
-        xmin, xmax, running = text.split(":")
-        return cls(int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x))
-
-    def shows(self, xid: int) -> bool:
-        """Whether the transaction had committed when the snapshot was taken (one that
-        notified did not abort)."""
-        return xid < self.xmin or (xid < self.xmax and xid not in self.running)
-
-
 @dataclass(frozen=True, eq=False)
 class CallEvent:
     """STARTED, ENDED or EXPIRED, as committed; or a SNAPSHOT of every active call."""
@@ -365,8 +345,10 @@ class Hub:
     subscribers: set[Subscriber] = field(default_factory=set)
     feeds: dict[Hashable, Feed] = field(default_factory=dict)
     last_seq: int = 0
-    # The snapshot the last read took (pg_snapshot's text): the next reads from there.
+    # The snapshot the last read took (pg_snapshot's text): the next reads from there;
+    # and the database run it was taken on (call_events_after()'s origin).
     read_snapshot: str | None = None
+    read_origin: str | None = None
     _joined: int = 0
     _reader: asyncio.Task[None] | None = None
     _read_again: bool = False
@@ -418,7 +400,12 @@ class Hub:
         """Publish a read's events in order, then answer the snapshots asked for: they
         show exactly the events up to the last of them."""
         self.read_snapshot = row["snapshot"]
-        if row["missed"]:
+        origin, self.read_origin = self.read_origin, row["origin"]
+        if origin is not None and origin != row["origin"]:
+            # Restarted, failed over or replaced: the last snapshot may mean nothing here.
+            log.warning("the database is not the one last read; resynchronising")
+            self.resync_all()
+        elif row["missed"]:
             log.warning("call events were pruned before they were read; resynchronising")
             self.resync_all()
         else:

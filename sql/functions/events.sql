@@ -40,11 +40,16 @@ $$;
 -- snapshot (returned as snapshot, to pass as p_after next time), in transaction id order,
 -- then their order within a transaction; with the active calls in that same snapshot
 -- when p_with_calls. missed: pruning deleted events that p_after did not show (a server
--- that read so long ago must resynchronise its subscribers). p_after NULL: start now.
--- STABLE and one statement: pg_current_snapshot() is the snapshot the rows are read in.
+-- that read so long ago must resynchronise its subscribers). origin names this database
+-- and the run of the server it is on (its oid, the postmaster's start): after a restart,
+-- a failover or a swap it differs, and p_after may mean nothing here (a promoted standby
+-- may lack commits already read, and reuse their transaction ids), so the server
+-- resynchronises. p_after NULL: start now. STABLE and one statement:
+-- pg_current_snapshot() is the snapshot the rows are read in.
 CREATE OR REPLACE FUNCTION call_events_after(
     p_after text, p_with_calls boolean,
-    OUT snapshot text, OUT missed boolean, OUT events jsonb, OUT calls jsonb)
+    OUT snapshot text, OUT missed boolean, OUT events jsonb, OUT calls jsonb,
+    OUT origin text)
 LANGUAGE sql STABLE AS $$
     SELECT now_.current::text,
            coalesce(pg_snapshot_xmin(after_.previous)
@@ -57,7 +62,9 @@ LANGUAGE sql STABLE AS $$
                   AND e.xid < pg_snapshot_xmax(now_.current)
                   AND NOT pg_visible_in_snapshot(e.xid, after_.previous)),
                '[]'::jsonb) END,
-           CASE WHEN p_with_calls THEN (SELECT s.calls FROM active_calls_snapshot() s) END
+           CASE WHEN p_with_calls THEN (SELECT s.calls FROM active_calls_snapshot() s) END,
+           (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())::text
+               || '@' || pg_postmaster_start_time()::text
     FROM (SELECT pg_current_snapshot() AS current) now_,
          (SELECT p_after::pg_snapshot AS previous) after_
 $$;

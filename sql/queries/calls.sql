@@ -63,8 +63,8 @@ WHERE a.prospect_id = ANY($1::uuid[]);
 
 -- name: call_events_after
 -- The call events committed since snapshot $1 (NULL: none, start now), and the snapshot
--- read in; with every active call in that snapshot when $2.
-SELECT snapshot, missed, events, calls FROM call_events_after($1, $2);
+-- read in; with every active call in that snapshot when $2; and which database run it is.
+SELECT snapshot, missed, events, calls, origin FROM call_events_after($1, $2);
 
 -- name: prune_call_events
 -- Delete call events older than $1 seconds; returns how many.
