@@ -99,8 +99,9 @@ EVENT_DELAY = Histogram(
 )
 RESYNCS = Counter(
     "callfloor_event_resyncs",
-    "Fresh snapshots sent in place of events a subscriber may have missed (the listener "
-    "reconnected, or the subscriber fell SUBSCRIBER_QUEUE_SIZE events behind).",
+    "Fresh snapshots sent in place of events a subscriber may have missed (the database "
+    "restarted or failed over, events were pruned before this process read them, or the "
+    "subscriber fell SUBSCRIBER_QUEUE_SIZE events behind).",
 )
 LISTENER_CONNECTED = Gauge(
     "callfloor_listener_connected",

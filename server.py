@@ -42,7 +42,7 @@ from request_size import RequestSizeLimit
 from resolvers import calls, reports
 from resolvers.auth import authenticate, bearer_token, hash_token
 from resolvers.dialing import HeldBackCache
-from resolvers.events import Hub, Listener
+from resolvers.events import Hub, Listener, prune_call_events
 from settings import Settings
 from sql import database
 
@@ -148,14 +148,15 @@ class GraphQLApp(GraphQL[Context, None]):
 
 
 async def sweep(pool: asyncpg.Pool, every_seconds: float) -> None:
-    """Forever: expire calls whose lease lapsed, and fold the report journal into its
-    rollups so it stays short. Safe on every replica at once (SKIP LOCKED, and a fold
-    another replica is running is skipped)."""
+    """Forever: expire calls whose lease lapsed, fold the report journal into its rollups
+    so it stays short, and delete old call events. Safe on every replica at once (SKIP
+    LOCKED, a fold another replica is running is skipped, pruning races harmlessly)."""
     while True:
         await asyncio.sleep(every_seconds)
         try:
             expired = await calls.expire_lapsed_calls(pool)
             await reports.fold_call_stats(pool, wait=False)
+            await prune_call_events(pool)
         except Exception as error:
             log.warning("sweep failed: %r", error)
             continue

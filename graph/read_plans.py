@@ -248,10 +248,12 @@ class Parameters:
 
 @dataclass(frozen=True)
 class Mutation:
-    """The one field a compiled mutation runs: where an error it ends in belongs."""
+    """The one field a compiled mutation runs: where an error it ends in belongs, and
+    whether it publishes call events (the servers' readers are woken once it commits)."""
 
     key: str
     node: FieldNode
+    publishes: bool = True
 
 
 @dataclass(frozen=True)
@@ -569,7 +571,11 @@ class Compiler:
         if self.mutation is not None:
             raise NotCompiled("more than one mutation")
         node = nodes[0]
-        self.mutation = Mutation(key=node.alias.value if node.alias else name, node=node)
+        self.mutation = Mutation(
+            key=node.alias.value if node.alias else name,
+            node=node,
+            publishes=name != "heartbeatCall",  # a lease pushed on is no event
+        )
         row = self.alias()
         if name == "startCall":
             group = self.arguments("Mutation", node, _start_call)

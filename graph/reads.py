@@ -43,6 +43,7 @@ from graph.extensions import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, is_database_
 from graph.read_plans import DocumentPlans, Mutation, NotCompiled, plan_document
 from graph.responses import GRAPHQL_RESPONSE_JSON, prefers_graphql_response
 from resolvers.auth import bearer_token, hash_token
+from resolvers.events import wake_listeners
 
 log = logging.getLogger("callfloor.reads")
 
@@ -152,6 +153,8 @@ class CompiledReads:
                 # The connection failed or the server is going away: the mutation may
                 # have committed, so it must not run again. Answered as the view answers.
                 answer = _mutation_failed(plan.mutation, error)
+                if plan.mutation.publishes:
+                    await wake_listeners(pool)  # in case it committed; never raises
                 _label(scope, operation_name, document, _error_code(answer))
                 return answer
             # PostgreSQL refused the statement, so it changed nothing: the view answers
@@ -163,6 +166,8 @@ class CompiledReads:
         if answer is None:
             return None
         _label(scope, operation_name, document, "OK")
+        if plan.mutation is not None and plan.mutation.publishes:
+            await wake_listeners(pool)  # committed: its events are in call_events
         if plan.mutation is not None and plan.mutation.node.name.value == "nextLead":
             # "Nothing callable" fell back above, and the view counted it.
             metrics.count_next_lead("started")

@@ -12,6 +12,7 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput, NotFound, database_errors
+from resolvers.events import wake_listeners
 from resolvers.limits import (
     MAX_DURATION_SECONDS,
     MAX_NOTES_LENGTH,
@@ -89,9 +90,11 @@ async def start_call(
     phone = normalize_phone(phone_number, phone_region, "phoneNumber") if phone_number else None
     caller_line = normalize_phone(from_number, phone_region, "fromNumber") if from_number else None
     with database_errors():
-        record = await pool.fetchrow(
-            QUERIES["start_call"], prospect_id, actor.id, phone, caller_line
-        )
+        async with pool.acquire() as connection:
+            record = await connection.fetchrow(
+                QUERIES["start_call"], prospect_id, actor.id, phone, caller_line
+            )
+            await wake_listeners(connection)  # committed: its event is in call_events
     assert record is not None
     return record
 
@@ -102,17 +105,19 @@ async def end_call(
     """End a call in one statement: clear the lock, log the outcome, apply its status."""
     result.validate()
     with database_errors():
-        record = await pool.fetchrow(
-            QUERIES["end_call"],
-            prospect_id,
-            call_log_id,
-            actor.id,
-            result.outcome,
-            result.duration,
-            result.notes,
-            result.recording_url,
-            result.callback_at,
-        )
+        async with pool.acquire() as connection:
+            record = await connection.fetchrow(
+                QUERIES["end_call"],
+                prospect_id,
+                call_log_id,
+                actor.id,
+                result.outcome,
+                result.duration,
+                result.notes,
+                result.recording_url,
+                result.callback_at,
+            )
+            await wake_listeners(connection)  # committed: its event is in call_events
     assert record is not None
     return record
 
@@ -128,12 +133,18 @@ async def release_stale_calls(pool: asyncpg.Pool, older_than_seconds: int) -> in
     """End, as Expired, the active calls that started more than older_than_seconds ago."""
     if not 0 <= older_than_seconds <= 10 * 365 * 86_400:
         raise BadUserInput("olderThan must be a number of seconds, 0 or more", field="olderThan")
-    return int(await pool.fetchval(QUERIES["release_calls_started_before"], older_than_seconds))
+    released = int(await pool.fetchval(QUERIES["release_calls_started_before"], older_than_seconds))
+    if released:
+        await wake_listeners(pool)
+    return released
 
 
 async def expire_lapsed_calls(pool: asyncpg.Pool) -> int:
     """End, as Expired, the active calls whose lease lapsed (the background sweep)."""
-    return int(await pool.fetchval(QUERIES["expire_lapsed_calls"]))
+    expired = int(await pool.fetchval(QUERIES["expire_lapsed_calls"]))
+    if expired:
+        await wake_listeners(pool)
+    return expired
 
 
 async def list_active_calls(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -13,6 +13,7 @@ import asyncpg
 
 from resolvers.auth import Actor
 from resolvers.errors import BadUserInput, NotFound, database_errors
+from resolvers.events import wake_listeners
 from resolvers.limits import MAX_WEEKDAY, MIN_ATTEMPTS, MIN_WEEKDAY
 from resolvers.phones import normalize_phone
 from sql.queries import QUERIES
@@ -87,7 +88,10 @@ class HeldBackCache:
 async def next_lead(pool: asyncpg.Pool, actor: Actor, held_back: HeldBackCache) -> NextLead:
     """Start a call on the best callable prospect for the actor, or say why none is."""
     with database_errors():
-        call = await pool.fetchrow(QUERIES["next_lead"], actor.id)
+        async with pool.acquire() as connection:
+            call = await connection.fetchrow(QUERIES["next_lead"], actor.id)
+            if call is not None:
+                await wake_listeners(connection)  # committed: its event is in call_events
     if call is not None:
         return NextLead(call=call, held_back=[])
     shared = await held_back.get(pool)

@@ -1,16 +1,20 @@
-"""Live call events: one LISTEN connection per process, fanned out to every subscriber.
+"""Live call events: read from the call_events table, fanned out to every subscriber.
 
-PostgreSQL delivers NOTIFY payloads in commit order; the Hub numbers the call events it
-receives in that order, without gaps, so every subscriber of this process sees the same
-numbers. Each event carries its transaction's id, and a snapshot of the active calls
-carries the transactions it shows: the snapshot is numbered after the last event it
-already shows (a fence notification, sent once the snapshot is read, marks where those
-end), so a subscriber gets a SNAPSHOT and then every later event exactly once, and no
-lock is held from an event's creation until its commit. The Listener owns a dedicated
-connection (never a pooled one), checks it every few seconds, and after any reconnect
-tells the Hub to resynchronise everyone, because events may have been lost while it was
-away. A slow client never delays the others: one that falls too far behind is sent a
-fresh snapshot instead of a backlog.
+A call start or end writes its event as a row of call_events in its own transaction,
+with the transaction's id; nothing is held until commit. Each process reads the events
+committed since the snapshot it last read in, in one statement that also takes the new
+snapshot (call_events_after()), and numbers them in the order read, without gaps, so
+every subscriber of this process sees the same numbers. A snapshot of the active calls
+is read in the same statement as a batch of events, numbered after the last of them, so
+a subscriber gets a SNAPSHOT and then every later event exactly once, in commit order
+(docs/live-events.md says why transaction id order is commit order wherever anyone
+could tell). Reads are woken by a bare NOTIFY that the server making a change sends once
+it has committed (wake_listeners), and happen every POLL_SECONDS anyway. The Listener
+owns a dedicated LISTEN connection (never a pooled one) and checks it every few seconds;
+after a reconnect the next read resumes from the last snapshot, so nothing is lost while
+the events are kept (RETENTION_SECONDS); a process whose last read is older than what was
+pruned resynchronises everyone. A slow client never delays the others: one that falls too
+far behind is sent a fresh snapshot instead of a backlog.
 
 Subscribers come in two kinds. A queued one (the general case) is a bounded queue read by
 its own task, which turns each event into a message. A fed one belongs to a Feed: every
@@ -32,41 +36,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from resolvers.errors import Unauthenticated
 from sql.queries import QUERIES
 
 log = logging.getLogger("callfloor.events")
 
-CALL_CHANNEL = "active_calls"
+# The wake-up: a bare NOTIFY after a change committed (the events are in the table).
+CALL_CHANNEL = "call_events"
 REVOKE_CHANNEL = "sessions_revoked"
-# Events kept to number a snapshot by: far more than arrive while one is read.
-RECENT_EVENTS = 4096
+# How often each process reads the events without a wake-up: a change made from psql, by
+# another program or while the LISTEN connection was away reaches subscribers within this;
+# an idle read is one index probe.
+POLL_SECONDS = 1.0
+# How long events are kept: far longer than a listener is away in a reconnect or a
+# database restart; a process whose last read is older resynchronises its subscribers.
+RETENTION_SECONDS = 600
+# A read that takes longer is given up (a silent network); the next one resumes.
+READ_TIMEOUT_SECONDS = 10.0
 # How often a fed subscriber that fell behind checks whether its socket has drained.
 DRAIN_POLL_SECONDS = 0.05
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Which transactions a PostgreSQL snapshot shows (pg_current_snapshot())."""
-
-    xmin: int
-    xmax: int
-    running: frozenset[int]
-
-    @classmethod
-    def parse(cls, text: str) -> Snapshot:
-        """From pg_snapshot's text form, 'xmin:xmax:xip,xip'."""
-        xmin, xmax, running = text.split(":")
-        return cls(int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x))
-
-    def shows(self, xid: int) -> bool:
-        """Whether the transaction had committed when the snapshot was taken (one that
-        notified did not abort)."""
-        return xid < self.xmin or (xid < self.xmax and xid not in self.running)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,8 +76,8 @@ class CallEvent:
     xid: int | None = None
 
     @classmethod
-    def from_notification(cls, data: dict[str, Any], seq: int) -> CallEvent:
-        """A publish_call_event() payload, numbered seq."""
+    def from_row(cls, data: dict[str, Any], seq: int) -> CallEvent:
+        """A publish_call_event() payload with its transaction's id, numbered seq."""
         return cls(
             type=data["type"],
             seq=seq,
@@ -348,14 +341,19 @@ class Hub:
     pool: asyncpg.Pool
     queue_size: int = 256
     observer: HubObserver = field(default_factory=HubObserver)
-    # How long a snapshot waits for its fence before giving up (the listener is down).
-    fence_seconds: float = 10.0
+    read_timeout: float = READ_TIMEOUT_SECONDS
     subscribers: set[Subscriber] = field(default_factory=set)
     feeds: dict[Hashable, Feed] = field(default_factory=dict)
     last_seq: int = 0
+    # The snapshot the last read took (pg_snapshot's text): the next reads from there;
+    # and the database run it was taken on (call_events_after()'s origin).
+    read_snapshot: str | None = None
+    read_origin: str | None = None
     _joined: int = 0
-    _recent: deque[CallEvent] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
-    _fences: dict[str, asyncio.Future[int]] = field(default_factory=dict)
+    _reader: asyncio.Task[None] | None = None
+    _read_again: bool = False
+    # Snapshots of the active calls asked for: the next read takes one.
+    _snapshot_waiters: list[asyncio.Future[CallEvent]] = field(default_factory=list)
     _snapshot: CallEvent | None = None
     _snapshot_task: asyncio.Task[CallEvent] | None = None
     _snapshot_covers: int = 0
@@ -367,18 +365,62 @@ class Hub:
         default_factory=dict
     )
 
-    def receive(self, payload: str) -> None:
-        """A notification on the events' channel: number a call event and publish it, or
-        mark where a snapshot's fence arrived."""
-        data = json.loads(payload)
-        if "fence" in data:
-            fence = self._fences.get(data["fence"])  # another server's: not ours to mark
-            if fence is not None and not fence.done():
-                fence.set_result(self.last_seq)
-            return
-        event = CallEvent.from_notification(data, self.last_seq + 1)
-        self._recent.append(event)
-        self.publish(event)
+    def wake(self) -> None:
+        """Read the events committed since the last read: now, or once the read in flight
+        is done (wake-ups meanwhile make one more read, not one each)."""
+        self._read_again = True
+        if self._reader is None:
+            self._reader = asyncio.ensure_future(self._read_events())
+
+    async def _read_events(self) -> None:
+        try:
+            while self._read_again:
+                self._read_again = False
+                waiters, self._snapshot_waiters = self._snapshot_waiters, []
+                try:
+                    row = await self.pool.fetchrow(
+                        QUERIES["call_events_after"],
+                        self.read_snapshot,
+                        bool(waiters),
+                        timeout=self.read_timeout,
+                    )
+                    assert row is not None
+                except Exception as error:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                    # The next wake-up or poll reads again from the same snapshot.
+                    log.warning("could not read call events: %r", error)
+                    return
+                self._read(row, waiters)
+        finally:
+            self._reader = None
+
+    def _read(self, row: asyncpg.Record, waiters: list[asyncio.Future[CallEvent]]) -> None:
+        """Publish a read's events in order, then answer the snapshots asked for: they
+        show exactly the events up to the last of them."""
+        self.read_snapshot = row["snapshot"]
+        origin, self.read_origin = self.read_origin, row["origin"]
+        if origin is not None and origin != row["origin"]:
+            # Restarted, failed over or replaced: the last snapshot may mean nothing here.
+            log.warning("the database is not the one last read; resynchronising")
+            self.resync_all()
+        elif row["missed"]:
+            log.warning("call events were pruned before they were read; resynchronising")
+            self.resync_all()
+        else:
+            for data in row["events"]:
+                self.publish(CallEvent.from_row(data, self.last_seq + 1))
+        if waiters:
+            snapshot = CallEvent(
+                type="SNAPSHOT",
+                seq=self.last_seq,
+                at=datetime.now().astimezone(),
+                active_calls=list(row["calls"]),
+            )
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(snapshot)
 
     def publish(self, event: CallEvent) -> None:
         """Hand a numbered event to every subscriber: rendered once per feed and written
@@ -450,33 +492,11 @@ class Hub:
             self._snapshot = task.result()
 
     async def _fetch_snapshot(self) -> CallEvent:
-        read_after = self.last_seq
-        name = uuid4().hex
-        fence = asyncio.get_running_loop().create_future()
-        self._fences[name] = fence
-        try:
-            row = await self.pool.fetchrow(QUERIES["active_calls_snapshot"], name)
-            fenced_at = await asyncio.wait_for(fence, self.fence_seconds)
-        finally:
-            self._fences.pop(name, None)
-        assert row is not None
-        snapshot = Snapshot.parse(row["snapshot"])
-        # Events that arrived while the snapshot was read, in commit order: those it shows
-        # come first. It is current as of the last of them.
-        between = [event for event in self._recent if read_after < event.seq <= fenced_at]
-        if len(between) != fenced_at - read_after:
-            raise RuntimeError("too many events while a snapshot was read to number it")
-        seq = read_after
-        for event in between:
-            if event.xid is None or not snapshot.shows(event.xid):
-                break
-            seq = event.seq
-        return CallEvent(
-            type="SNAPSHOT",
-            seq=seq,
-            at=datetime.now().astimezone(),
-            active_calls=list(row["calls"]),
-        )
+        """The active calls, read in the same statement as a batch of events."""
+        waiter: asyncio.Future[CallEvent] = asyncio.get_running_loop().create_future()
+        self._snapshot_waiters.append(waiter)
+        self.wake()
+        return await waiter
 
     @contextlib.asynccontextmanager
     async def subscription(
@@ -652,18 +672,33 @@ async def _close_quietly(socket: Any) -> None:
 
 @dataclass
 class Listener:
-    """The process's one LISTEN connection, kept alive and re-established with backoff."""
+    """The process's one LISTEN connection, kept alive and re-established with backoff,
+    and the poll that reads the events every poll_interval whether woken or not."""
 
     url: str
     hub: Hub
     health_interval: float = 2.0
     max_backoff: float = 5.0
+    poll_interval: float = POLL_SECONDS
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     connection: asyncpg.Connection | None = None
     reconnects: int = 0
 
     async def run(self) -> None:
-        """Listen until cancelled; every reconnect after the first resyncs subscribers."""
+        """Listen and poll until cancelled; after a reconnect, read what was missed."""
+        poll = asyncio.create_task(self._poll(), name="call-event-poll")
+        try:
+            await self._listen()
+        finally:
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while True:
+            self.hub.wake()
+            await asyncio.sleep(self.poll_interval)
+
+    async def _listen(self) -> None:
         backoff = 0.1
         first = True
         while True:
@@ -675,8 +710,10 @@ class Listener:
                 await self.connection.add_listener(REVOKE_CHANNEL, self._on_revoke)
                 if not first:
                     self.reconnects += 1
-                    log.warning("listener reconnected; resynchronising subscribers")
-                    self.hub.resync_all()
+                    # Wake-ups sent while it was away are lost, the events are not: the
+                    # next read resumes from the last snapshot read.
+                    log.warning("listener reconnected; reading the events missed meanwhile")
+                    self.hub.wake()
                 first = False
                 backoff = 0.1
                 self.connected.set()
@@ -708,12 +745,25 @@ class Listener:
             except Exception:
                 connection.terminate()
 
-    def _on_call_event(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            self.hub.receive(str(payload))
-        except (ValueError, KeyError, TypeError) as error:
-            log.error("ignoring a malformed call event %r: %r", payload, error)
+    def _on_call_event(self, _connection: Any, _pid: int, _channel: str, _payload: object) -> None:
+        self.hub.wake()
 
     def _on_revoke(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         data = json.loads(str(payload))
         self.hub.revoke(token_hash=data.get("token_hash"), user_id=data.get("user_id"))
+
+
+async def wake_listeners(database: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy) -> None:
+    """Wake every server's reader: call once a change that published call events has
+    committed, never inside its transaction (there it would hold PostgreSQL's notify lock
+    until the commit is flushed). Never raises: the change is committed whatever happens
+    here, and a lost wake-up only delays its events to the next poll."""
+    try:
+        await database.execute(QUERIES["wake_listeners"])
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+        log.warning("could not wake the listeners: %r", error)
+
+
+async def prune_call_events(pool: asyncpg.Pool, keep_seconds: float = RETENTION_SECONDS) -> int:
+    """Delete the call events older than keep_seconds; how many (safe on every replica)."""
+    return int(await pool.fetchval(QUERIES["prune_call_events"], keep_seconds))

@@ -61,10 +61,19 @@ JOIN prospects p ON p.id = a.prospect_id
 JOIN users u ON u.id = a.caller_id
 WHERE a.prospect_id = ANY($1::uuid[]);
 
--- name: active_calls_snapshot
--- Every active call as JSON and the snapshot it was read in, then a fence event. $1 the
--- fence's name.
-SELECT snapshot, calls FROM active_calls_snapshot($1);
+-- name: call_events_after
+-- The call events committed since snapshot $1 (NULL: none, start now), and the snapshot
+-- read in; with every active call in that snapshot when $2; and which database run it is.
+SELECT snapshot, missed, events, calls, origin FROM call_events_after($1, $2);
+
+-- name: prune_call_events
+-- Delete call events older than $1 seconds; returns how many.
+SELECT prune_call_events(make_interval(secs => $1));
+
+-- name: wake_listeners
+-- Tell every server that call events were committed: a bare NOTIFY, sent in a transaction
+-- of its own once the change has committed (it writes no WAL, so it waits for no flush).
+SELECT pg_notify('call_events', '');
 
 -- name: heartbeat_call
 -- Extend an active call's lease; the call as events carry it. $1 call log id, $2 acting user.
