@@ -10,9 +10,11 @@ for each concurrency (default 16 and 64 agents), every agent loops
 
     nextLead { nothingCallable callLogId prospect { id } }  then  endCall(... "No Answer")
 
-so each holds at most one active call, through GraphQL over HTTP and then as the very same
-statements from an asyncpg pool (session lookup, next_lead(), the prospect, session lookup,
-end_call()), for the graphql/asyncpg ratio. Only nextLead's latency is recorded. Every
+so each holds at most one active call, through GraphQL over HTTP (a lean HTTP/1.1 client,
+one keep-alive connection an agent) and then as the very same statements from an asyncpg
+pool (as the compiled path sends them: the session and next_lead() with the prospect in
+one statement, the wake-up of the event readers; the session and end_call(), the
+wake-up), for the graphql/asyncpg ratio. Only nextLead's latency is recorded. Every
 prospect handed out is checked: none may be handed to two agents (and, as 'No Answer'
 recycles it for two hours, none twice in the whole run), and with this much queue no
 answer may be "nothing callable".
@@ -73,7 +75,6 @@ from uuid import UUID
 
 import asyncpg
 import common
-import httpx
 import phonenumbers
 import psutil
 
@@ -1015,19 +1016,42 @@ async def drive(
     )
 
 
-def graphql_desk(client: httpx.AsyncClient, agent_id: UUID) -> Desk:
-    """nextLead and endCall as the agent, over HTTP."""
+def graphql_desk(link: common.GraphQLConnection, agent_id: UUID) -> Desk:
+    """nextLead and endCall as the agent, over HTTP (the lean client: a load generator on
+    the same cores must spend little)."""
+    next_lead_body = common.graphql_body(NEXT_LEAD_MUTATION)
 
     async def next_lead() -> Lead:
-        payload = (await common.graphql(client, NEXT_LEAD_MUTATION, {}))["nextLead"]
+        payload = (await link.execute(next_lead_body))["nextLead"]
         if payload["nothingCallable"]:
             return None
         return UUID(payload["prospect"]["id"]), UUID(payload["callLogId"])
 
     async def end_call(prospect_id: UUID, call_log_id: UUID) -> None:
-        await common.end_call_via_graphql(client, str(prospect_id), str(call_log_id))
+        variables = {
+            "prospectId": str(prospect_id),
+            "callLogId": str(call_log_id),
+            "outcome": common.OUTCOME,
+        }
+        await link.execute(common.graphql_body(common.END_CALL_MUTATION, variables))
 
     return Desk(agent_id, next_lead, end_call)
+
+
+# What the server sends for nextLead and endCall (graph/read_plans.py compiles both): the
+# session and the function in one statement, the prospect's columns with the lead, then
+# the wake-up of the event readers once it has committed.
+NEXT_LEAD_STATEMENT = """
+SELECT n.prospect_id, n.call_log_id, p.name, p.phone, p.status
+FROM live_session_user($1) v
+CROSS JOIN LATERAL next_lead(v.id) n
+JOIN prospects p ON p.id = n.prospect_id
+"""
+END_CALL_STATEMENT = """
+SELECT e.id, e.outcome
+FROM live_session_user($1) v
+CROSS JOIN LATERAL end_call($2, $3, v.id, $4, NULL, NULL, NULL, NULL) e
+"""
 
 
 def asyncpg_desk(pool: asyncpg.Pool, agent_id: UUID, token: str) -> Desk:
@@ -1035,17 +1059,25 @@ def asyncpg_desk(pool: asyncpg.Pool, agent_id: UUID, token: str) -> Desk:
     token_hash = hash_token(token)
 
     async def next_lead() -> Lead:
-        await common.look_up_session(pool, token_hash)
-        call = await pool.fetchrow(QUERIES["next_lead"], agent_id)
+        async with pool.acquire() as connection:
+            call = await connection.fetchrow(NEXT_LEAD_STATEMENT, token_hash)
+            if call is not None:
+                await connection.execute(QUERIES["wake_listeners"])
         if call is None:
+            # Nothing callable: the server asks again through graphql-core, then counts why.
+            await common.look_up_session(pool, token_hash)
+            await pool.fetchrow(QUERIES["next_lead"], agent_id)
             await pool.fetch(QUERIES["held_back"], agent_id)
             return None
-        if await pool.fetchrow(QUERIES["prospect_by_id"], call["prospect_id"]) is None:
-            raise RuntimeError("prospect_by_id found no prospect")
         return call["prospect_id"], call["call_log_id"]
 
     async def end_call(prospect_id: UUID, call_log_id: UUID) -> None:
-        await common.end_call_via_asyncpg(pool, token_hash, prospect_id, call_log_id, agent_id)
+        async with pool.acquire() as connection:
+            ended = await connection.fetchrow(
+                END_CALL_STATEMENT, token_hash, prospect_id, call_log_id, common.OUTCOME
+            )
+            await connection.execute(QUERIES["wake_listeners"])
+        assert ended is not None
 
     return Desk(agent_id, next_lead, end_call)
 
@@ -1059,17 +1091,18 @@ async def measure_phase(
     try:
         for concurrency in options.concurrency:
             agents = list(zip(seeded.agent_ids, seeded.tokens, strict=False))[:concurrency]
-            clients = [common.http_client(base_url, token) for _, token in agents]
+            port = int(base_url.rsplit(":", 1)[1])
+            links = [common.GraphQLConnection("127.0.0.1", port, token) for _, token in agents]
             try:
                 common.log(f"{phase}: graphql, {concurrency} agents ...")
                 desks = [
-                    graphql_desk(client, agent_id)
-                    for client, (agent_id, _) in zip(clients, agents, strict=True)
+                    graphql_desk(link, agent_id)
+                    for link, (agent_id, _) in zip(links, agents, strict=True)
                 ]
                 results.append(await drive(phase, "graphql", desks, options, meter, observer))
             finally:
-                for client in clients:
-                    await client.aclose()
+                for link in links:
+                    await link.close()
             pool = await database.create_pool(
                 url,
                 session=database.SessionSettings(
