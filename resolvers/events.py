@@ -760,7 +760,14 @@ async def wake_listeners(database: asyncpg.Pool | asyncpg.Connection | PoolConne
     here, and a lost wake-up only delays its events to the next poll."""
     try:
         await database.execute(QUERIES["wake_listeners"])
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        # How asyncpg reports a connection its server dropped mid-use (a restart).
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    ) as error:
         log.warning("could not wake the listeners: %r", error)
 
 
