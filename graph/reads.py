@@ -152,9 +152,9 @@ class CompiledReads:
             ):
                 # The connection failed or the server is going away: the mutation may
                 # have committed, so it must not run again. Answered as the view answers.
+                # If it did commit, the readers' poll finds its events within a second:
+                # no wake-up through a database that just failed to answer.
                 answer = _mutation_failed(plan.mutation, error)
-                if plan.mutation.publishes:
-                    await wake_listeners(pool)  # in case it committed; never raises
                 _label(scope, operation_name, document, _error_code(answer))
                 return answer
             # PostgreSQL refused the statement, so it changed nothing: the view answers
