@@ -33,6 +33,8 @@ from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 from websockets.typing import Subprotocol
 
+from resolvers.events import POLL_SECONDS as READER_POLL_SECONDS
+from resolvers.events import Hub, Listener
 from resolvers.users import create_user
 from server import ConnectionHook, create_app
 from settings import Settings
@@ -839,3 +841,37 @@ class Proxy:
         finally:
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+# ---------------------------------------------------------------------------------------
+# The event reader of a hub, and a statement stuck on a lock.
+
+
+@asynccontextmanager
+async def listening(
+    database_url: str, hub: Hub, poll: float = READER_POLL_SECONDS
+) -> AsyncIterator[Listener]:
+    """A hub with its process's listener and poll, as the server runs them."""
+    listener = Listener(database_url, hub, poll_interval=poll)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        yield listener
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_until_locked_out(pool: asyncpg.Pool, function: str) -> None:
+    """Wait until a statement calling function (by name) waits on a lock."""
+
+    async def waiting() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'",
+                function,
+            )
+        )
+
+    await wait_until(waiting, 20, f"no statement calling {function}() waited on a lock")

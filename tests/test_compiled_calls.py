@@ -40,6 +40,7 @@ from helpers import (
     next_phone,
     running_server,
     wait_until,
+    wait_until_locked_out,
 )
 from test_compiled_reads import ordered
 
@@ -350,16 +351,7 @@ async def test_a_lost_connection_is_answered_once_and_never_rerun(
                     request = asyncio.ensure_future(
                         post(api, START_SMALL, {"p": prospect["id"]}, agent["token"])
                     )
-
-                    async def waiting() -> bool:
-                        return bool(
-                            await pool.fetchval(
-                                "SELECT count(*) FROM pg_stat_activity "
-                                "WHERE wait_event_type = 'Lock' AND query LIKE '%start_call%'"
-                            )
-                        )
-
-                    await wait_until(waiting, 10, "startCall never waited for the lock")
+                    await wait_until_locked_out(pool, "start_call")
                     await proxy.cut()
                     response = await request
                 answers.append(response)

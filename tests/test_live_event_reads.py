@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import Api, Team, add_prospect, next_phone, subscribe, wait_until
+from helpers import Api, Team, add_prospect, listening, next_phone, subscribe, wait_until
 
-from resolvers.events import CallEvent, Hub, Listener, prune_call_events, wake_listeners
+from resolvers.events import CallEvent, Hub, prune_call_events, wake_listeners
 from sql import database
 
 WRITERS = 6
@@ -34,19 +34,6 @@ async def quick_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
-
-
-@asynccontextmanager
-async def reading(database_url: str, hub: Hub, poll: float) -> AsyncIterator[Listener]:
-    """The hub's listener and poll, as a server runs them."""
-    listener = Listener(database_url, hub, poll_interval=poll)
-    task = asyncio.create_task(listener.run())
-    try:
-        await asyncio.wait_for(listener.connected.wait(), 10)
-        yield listener
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def add_agent(pool: asyncpg.Pool, email: str) -> Any:
@@ -145,7 +132,7 @@ async def test_reads_raced_against_commits_deliver_each_event_once_in_commit_ord
                         return
 
         # A short poll: many reads race the commits, not only the wake-ups.
-        async with reading(database_url, hub, poll=0.005):
+        async with listening(database_url, hub, poll=0.005):
             first = Watcher()
             first_task = asyncio.create_task(watch(first, 0))
             await wait_until(lambda: bool(first.numbers), 10, "the first snapshot")

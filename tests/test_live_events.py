@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +21,7 @@ from helpers import (
     add_user,
     end,
     event_of,
+    listening,
     next_phone,
     open_subscription,
     running_server,
@@ -32,7 +31,7 @@ from helpers import (
 )
 
 from graph.subscriptions import AsgiChannel, RawFrameChannel
-from resolvers.events import CallEvent, Hub, Listener
+from resolvers.events import CallEvent, Hub
 from settings import Settings
 
 HEARTBEAT = "mutation($c: ID!) { heartbeatCall(callLogId: $c) { leaseExpiresAt } }"
@@ -169,19 +168,6 @@ async def test_subscriptions_per_connection_are_bounded(
                 "TOO_MANY_REQUESTS"
             ]
             assert refused["payload"][0]["message"] == "At most 2 subscriptions per connection"
-
-
-@asynccontextmanager
-async def listening(database_url: str, hub: Hub) -> AsyncIterator[Listener]:
-    """A hub with its process's listener, as the server runs them."""
-    listener = Listener(database_url, hub)
-    task = asyncio.create_task(listener.run())
-    try:
-        await asyncio.wait_for(listener.connected.wait(), 10)
-        yield listener
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_slow_subscriber_gets_a_snapshot_and_never_delays_others(

@@ -32,6 +32,7 @@ from helpers import (
     subscribe,
     wait_until,
     wait_until_blocking,
+    wait_until_locked_out,
 )
 
 from resolvers.users import create_user
@@ -173,17 +174,8 @@ async def test_requests_waiting_for_a_pool_connection_are_counted(
             stuck = asyncio.ensure_future(
                 one.graphql(START_CALL, {"p": prospect["id"]}, team.agent["token"])
             )
-
-            async def stuck_on_the_lock() -> bool:
-                return bool(
-                    await pool.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE wait_event_type = 'Lock' AND query LIKE '%start_call%'"
-                    )
-                )
-
             # Only then the second request, or it could take the connection first.
-            await wait_until(stuck_on_the_lock, 20, "startCall never waited for the lock")
+            await wait_until_locked_out(pool, "start_call")
             waiting = asyncio.ensure_future(
                 one.graphql("{ activeCalls { id } }", token=team.agent["token"])
             )
