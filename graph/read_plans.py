@@ -201,6 +201,15 @@ ACTIVE_CALL_JSON = {
     "callerName": "({t}->>'caller_name')",
 }
 
+# The fields of a mutation's answer, by type, from the function's row ("{t}").
+RESULT_SCALARS = {
+    "StartCallPayload": START_CALL_PAYLOAD,
+    "NextLeadPayload": NEXT_LEAD_PAYLOAD,
+    "ActiveCall": ACTIVE_CALL_JSON,
+    "CallLog": CALL_LOG,
+    "Prospect": PROSPECT,
+}
+
 
 def _column(expression: str, alias: str) -> str:
     return expression.replace("{t}", alias)
@@ -612,13 +621,7 @@ class Compiler:
 
     def result(self, type_name: str, nodes: list[FieldNode], source: str) -> str:
         """json_build_object of a mutation's answer, from what its function returned."""
-        scalars = {
-            "StartCallPayload": START_CALL_PAYLOAD,
-            "NextLeadPayload": NEXT_LEAD_PAYLOAD,
-            "ActiveCall": ACTIVE_CALL_JSON,
-            "CallLog": CALL_LOG,
-            "Prospect": PROSPECT,
-        }[type_name]
+        scalars = RESULT_SCALARS[type_name]
         fields = self.collect(type_name, [node.selection_set for node in nodes])
         if not fields or len(fields) > MAX_KEYS:
             raise NotCompiled("an empty or very wide selection")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import orjson
@@ -40,7 +41,7 @@ from graph.documents import (
     variables_problem,
 )
 from graph.extensions import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, is_database_unavailable
-from graph.read_plans import DocumentPlans, Mutation, NotCompiled, plan_document
+from graph.read_plans import DocumentPlans, Mutation, NotCompiled, ReadPlan, plan_document
 from graph.responses import GRAPHQL_RESPONSE_JSON, prefers_graphql_response
 from resolvers.auth import bearer_token, hash_token
 from resolvers.events import wake_listeners
@@ -140,7 +141,7 @@ class CompiledReads:
             return None
         pool: asyncpg.Pool = scope["app"].state.pool
         try:
-            answer: bytes | None = await pool.fetchval(plan.sql, *arguments)
+            answer = await _run(pool, plan, arguments)
         except asyncpg.SyntaxOrAccessError:
             # A statement PostgreSQL cannot run at all (class 42) is the compiler's bug:
             # the view still answers, and the operator hears of it.
@@ -154,8 +155,8 @@ class CompiledReads:
                 # have committed, so it must not run again. Answered as the view answers.
                 # If it did commit, the readers' poll finds its events within a second:
                 # no wake-up through a database that just failed to answer.
-                answer = _mutation_failed(plan.mutation, error)
-                _label(scope, operation_name, document, _error_code(answer))
+                code, answer = _mutation_failed(plan.mutation, error)
+                _label(scope, operation_name, document, code)
                 return answer
             # PostgreSQL refused the statement, so it changed nothing: the view answers
             # again, with its code (a rule's refusal, BAD_USER_INPUT for a value the
@@ -166,8 +167,6 @@ class CompiledReads:
         if answer is None:
             return None
         _label(scope, operation_name, document, "OK")
-        if plan.mutation is not None and plan.mutation.publishes:
-            await wake_listeners(pool)  # committed: its events are in call_events
         if plan.mutation is not None and plan.mutation.node.name.value == "nextLead":
             # "Nothing callable" fell back above, and the view counted it.
             metrics.count_next_lead("started")
@@ -202,9 +201,19 @@ def _label(scope: Scope, operation_name: str | None, document: DocumentPlans, ou
         labels.outcome = outcome
 
 
-def _mutation_failed(mutation: Mutation, error: Exception) -> bytes:
-    """The view's answer to a mutation whose field raised error: data null (each call
-    mutation's answer is non-null) and the error at the field, coded as
+async def _run(pool: asyncpg.Pool, plan: ReadPlan, arguments: list[Any]) -> bytes | None:
+    """The statement's answer; after a mutation that published call events, the wake-up
+    of every server's reader, on the same connection, once it has committed."""
+    async with pool.acquire() as connection:
+        answer: bytes | None = await connection.fetchval(plan.sql, *arguments)
+        if answer is not None and plan.mutation is not None and plan.mutation.publishes:
+            await wake_listeners(connection)
+    return answer
+
+
+def _mutation_failed(mutation: Mutation, error: Exception) -> tuple[str, bytes]:
+    """The view's answer to a mutation whose field raised error, and its code: data null
+    (each call mutation's answer is non-null) and the error at the field, coded as
     graph/extensions.py codes it."""
     if is_database_unavailable(error):
         code, message = "SERVICE_UNAVAILABLE", UNAVAILABLE_MESSAGE
@@ -214,11 +223,7 @@ def _mutation_failed(mutation: Mutation, error: Exception) -> bytes:
     formatted = GraphQLError(
         message, nodes=mutation.node, path=[mutation.key], extensions={"code": code}
     ).formatted
-    return orjson.dumps({"data": None, "errors": [formatted]})
-
-
-def _error_code(answer: bytes) -> str:
-    return str(orjson.loads(answer)["errors"][0]["extensions"]["code"])
+    return code, orjson.dumps({"data": None, "errors": [formatted]})
 
 
 def _first_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
